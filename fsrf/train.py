@@ -1,0 +1,319 @@
+"""One FSRF run: prepare data, train with MRM and the FSRF losses, select the best epoch, evaluate.
+
+This module knows nothing of Ray, Tune or MLflow: ``fit`` takes a validated ``RunConfig`` and returns
+the metrics; a caller that wants per-epoch reports or checkpoints passes ``report``.
+
+Checkpoint selection (one rule for every run): the epoch with the best validation objective, the mean
+``Non0_F1_score`` over the seven Table I conditions and the ten intra-curve points (text-only data:
+``l`` and the ten token-drop points). Test metrics are computed once, for that epoch only.
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fsrf import MODALITIES, losses
+from fsrf.config import RunConfig, flatten
+from fsrf.data import SPLITS, Split, fingerprint, load_dataset
+from fsrf.metrics import sentiment_metrics
+from fsrf.missing import (INTRA_POINTS, MISSING_CONDITIONS, TABLE_CONDITIONS, Schedule, all_conditions,
+                          condition_view, mrm_views)
+from fsrf.model import FSRF, Inputs
+
+HEADLINE = "Non0_F1_score"
+
+
+@dataclass
+class SplitTensors:
+    """One split as tensors (CPU), ready to be batched."""
+
+    inputs: Inputs
+    labels: torch.Tensor  # (N,) float32
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def batch(self, idx: torch.Tensor) -> Inputs:
+        x = self.inputs
+        take = lambda t: None if t is None else t[idx]  # noqa: E731
+        text = x.text[idx]
+        return Inputs(text.float() if text.is_floating_point() else text, x.text_valid[idx],
+                      take(x.audio), take(x.audio_valid), take(x.vision), take(x.vision_valid))
+
+
+@dataclass
+class Prepared:
+    """Everything a run needs besides the model: tensors per split and what describes the data."""
+
+    splits: dict[str, SplitTensors]
+    dims: dict[str, int]
+    modalities: tuple[str, ...]
+    data_fingerprint: str
+    encoder_path: str
+    encoder_id: str
+    raw: dict[str, Split] = field(repr=False, default_factory=dict)
+
+
+def _valid_from_lengths(lengths: np.ndarray, t: int) -> torch.Tensor:
+    return torch.arange(t)[None, :] < torch.from_numpy(np.asarray(lengths))[:, None]  # (N, T)
+
+
+def prepare(cfg: RunConfig, *, splits: dict[str, Split] | None = None) -> Prepared:
+    """Load the data named by ``cfg.data`` and turn it into tensors (text via the encoder or its cache)."""
+    from fsrf import text as text_mod
+
+    d = cfg.data
+    if splits is None:
+        splits = load_dataset(source=d.source, preset=d.preset, seed=d.seed, size_scale=d.size_scale,
+                              path=d.path, trust_pickle=d.trust_pickle, text_column=d.text_column,
+                              label_column=d.label_column, split_column=d.split_column)
+    enc_path = text_mod.resolve_path(cfg.encoder.path)
+    modalities = splits["train"].modalities
+    dims: dict[str, int] = {}
+    out = {}
+    for name in SPLITS:
+        sp = splits[name]
+        if cfg.encoder.finetune:
+            ids, mask = text_mod.tokenize(sp.text, text_mod.load_tokenizer(enc_path), d.max_tokens)
+            text = torch.from_numpy(ids)
+        else:
+            states, mask = text_mod.cached_states(sp.text, encoder_path=enc_path, max_tokens=d.max_tokens,
+                                                  cache_dir=cfg.encoder.cache_dir)
+            text = torch.from_numpy(np.array(states))  # (N, T_l, d_l) float16
+            dims["l"] = text.shape[-1]
+        x = Inputs(text, torch.from_numpy(mask).bool())
+        if sp.audio is not None:
+            x.audio = torch.from_numpy(sp.audio)
+            x.audio_valid = _valid_from_lengths(sp.audio_lengths, sp.audio.shape[1])
+            dims["a"] = sp.audio.shape[-1]
+        if sp.vision is not None:
+            x.vision = torch.from_numpy(sp.vision)
+            x.vision_valid = _valid_from_lengths(sp.vision_lengths, sp.vision.shape[1])
+            dims["v"] = sp.vision.shape[-1]
+        out[name] = SplitTensors(x, torch.from_numpy(sp.labels).float())
+    if cfg.encoder.finetune:
+        from transformers import AutoConfig
+
+        dims["l"] = AutoConfig.from_pretrained(enc_path).hidden_size
+    return Prepared(out, dims, modalities, fingerprint(splits), enc_path, text_mod.identity(enc_path), splits)
+
+
+def build_model(cfg: RunConfig, prep: Prepared) -> FSRF:
+    bert, unk = None, 100
+    if cfg.encoder.finetune:
+        from fsrf import text as text_mod
+
+        bert = text_mod.load_encoder(prep.encoder_path)
+        unk = text_mod.load_tokenizer(prep.encoder_path).unk_token_id
+        frozen = [bert.embeddings] + list(bert.encoder.layer[: cfg.encoder.freeze_layers])
+        for module in frozen if cfg.encoder.freeze_layers else []:
+            for p in module.parameters():
+                p.requires_grad_(False)
+    return FSRF(cfg.model, dims=prep.dims, modalities=prep.modalities, bert=bert, unk_id=unk)
+
+
+def _zeroed(view, valid) -> tuple[torch.Tensor, ...]:
+    return tuple(view.zeroed(i, valid[i]) for i in range(len(MODALITIES)))
+
+
+def train_losses(cfg: RunConfig, model: FSRF, x: Inputs, y: torch.Tensor, *, rate: float,
+                 generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """Losses of one MRM step: two views of the batch through the network in one pass."""
+    valid = x.valid()
+    vp, vq = mrm_views(valid, rate=rate, overlap=cfg.missing.overlap, generator=generator)
+    present = torch.cat([vp.present, vq.present])  # (2B, 3)
+    zeroed = tuple(torch.cat(pair) for pair in zip(_zeroed(vp, valid), _zeroed(vq, valid)))
+    out = model(x.repeat(2), present, zeroed)
+    B = len(y)
+    sp, sq = out.score[:B], out.score[B:]
+    L = cfg.loss
+    dhf_p = dhf_q = das = None
+    if cfg.model.dhf:
+        kw = dict(tau=L.tau, margin=L.margin, mu=L.noise_mu, sigma2=L.noise_sigma2, use_noise=cfg.model.noise)
+        noise = out.noise if cfg.model.noise else None
+        dhf_p = losses.dhf_loss(out.ho[:B], out.he[:B], None if noise is None else noise[:B], **kw)
+        dhf_q = losses.dhf_loss(out.ho[B:], out.he[B:], None if noise is None else noise[B:], **kw)
+    if cfg.model.das:
+        T = L.js_temperature
+        das = losses.das_loss(out.z[:B], out.z[B:], losses.polarity_probs(sp, T), losses.polarity_probs(sq, T),
+                              eps=L.sinkhorn_eps)
+    terms = losses.total_loss(F.mse_loss(sp, y), F.mse_loss(sq, y), dhf_p=dhf_p, dhf_q=dhf_q, das=das,
+                              lambda1=L.lambda1, lambda2=L.lambda2)
+    if cfg.model.das:  # the cost scale that sinkhorn_eps is measured against (a diagnostic, no gradient)
+        terms["das/median_cost"] = torch.tensor(losses.median_pairwise_cost(out.z[:B], out.z[B:]))
+    return terms
+
+
+@torch.no_grad()
+def predict(model: FSRF, data: SplitTensors, view, *, batch_size: int) -> torch.Tensor:
+    """Scores (N,) of a whole split under one fixed ``View``."""
+    model.eval()
+    valid = data.inputs.valid()
+    zeroed = _zeroed(view, valid)
+    preds = []
+    for i in range(0, len(data), batch_size):
+        idx = torch.arange(i, min(i + batch_size, len(data)))
+        preds.append(model(data.batch(idx), view.present[idx], tuple(z[idx] for z in zeroed)).score)
+    return torch.cat(preds)
+
+
+def evaluate(model: FSRF, data: SplitTensors, *, modalities: tuple[str, ...], mask_seed: int,
+             batch_size: int, prefix: str) -> dict[str, float]:
+    """Every metric under every condition of the protocol, as flat ``<prefix>/<metric>/<condition>``."""
+    valid = data.inputs.valid()
+    per_cond = {}
+    for cond in all_conditions(modalities):
+        view = condition_view(cond, valid, seed=mask_seed, available=modalities)
+        per_cond[cond] = sentiment_metrics(predict(model, data, view, batch_size=batch_size).numpy(),
+                                           data.labels.numpy())
+    return summarise(per_cond, prefix=prefix, modalities=modalities)
+
+
+def summarise(per_cond: dict[str, dict[str, float]], *, prefix: str, modalities: tuple[str, ...]) -> dict[str, float]:
+    """Flatten per-condition metrics and add the averages of SPEC section 2 and the objective."""
+    flat = {f"{prefix}/{k}/{c}": v for c, ms in per_cond.items() for k, v in ms.items()}
+    groups = {"intra_avg": [f"intra_{p}" for p in INTRA_POINTS],
+              "burst_avg": [c for c in per_cond if c.startswith("burst_")]}
+    if len(modalities) == 3:
+        groups["avg_missing"] = list(MISSING_CONDITIONS)
+        groups["objective"] = list(TABLE_CONDITIONS) + groups["intra_avg"]
+    else:
+        groups["objective"] = ["l"] + groups["intra_avg"]
+    for metric in next(iter(per_cond.values())):
+        for name, conds in groups.items():
+            flat[f"{prefix}/{metric}/{name}"] = float(np.mean([per_cond[c][metric] for c in conds]))
+    return flat
+
+
+@dataclass
+class RunResult:
+    val: dict[str, float]  # validation metrics at the selected epoch
+    test: dict[str, float]  # test metrics at the selected epoch
+    best_epoch: int
+    history: list[dict[str, float]]
+    wall_time_s: float
+    stop_reason: str
+    notes: list[str]
+    prepared: Prepared = field(repr=False)
+    model: FSRF = field(repr=False)
+
+    def to_json(self, cfg: RunConfig) -> dict:
+        return {"config": flatten(cfg), "best_epoch": self.best_epoch, "epochs_run": len(self.history),
+                "stop_reason": self.stop_reason, "wall_time_s": round(self.wall_time_s, 2),
+                "selection": "epoch with the best val/Non0_F1_score/objective",
+                "modalities": list(self.prepared.modalities), "data_fingerprint": self.prepared.data_fingerprint,
+                "encoder": self.prepared.encoder_id, "notes": self.notes,
+                "val": self.val, "test": self.test, "history": self.history}
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+Report = Callable[[int, dict[str, float], Callable[[], dict]], None]
+
+
+def fit(cfg: RunConfig, *, prep: Prepared | None = None, report: Report | None = None,
+        resume: dict | None = None, evaluate_test: bool = True, log: Callable[[str], None] | None = None) -> RunResult:
+    """Train one configuration and evaluate it under the whole protocol.
+
+    ``report(epoch, metrics, state)`` is called after every epoch with the epoch's train and validation
+    metrics; ``state()`` returns a dict that ``resume=`` accepts to continue from that epoch.
+    """
+    start = time.time()
+    log = log or (lambda s: print(s, file=sys.stderr, flush=True))
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    seed_everything(cfg.seed)
+    prep = prep or prepare(cfg)
+    notes = []
+    if len(prep.modalities) < 3:
+        notes.append(f"data has only {'+'.join(prep.modalities)}: Table I conditions other than 'l' and "
+                     "avg_missing are not evaluated; eq (1) and the pairwise part of eq (2) need two or more "
+                     "modalities and are zero")
+    device = torch.device("cuda" if cfg.train.use_gpu and torch.cuda.is_available() else "cpu")
+    model = build_model(cfg, prep).to(device)
+    enc_params = [p for n, p in model.named_parameters() if n.startswith("encoders.l.bert.") and p.requires_grad]
+    rest = [p for n, p in model.named_parameters() if not n.startswith("encoders.l.bert.")]
+    groups = [{"params": rest, "lr": cfg.train.lr}]
+    if enc_params:
+        groups.append({"params": enc_params, "lr": cfg.encoder.lr})
+    opt = torch.optim.Adam(groups, weight_decay=cfg.train.weight_decay)
+    schedule = Schedule(cfg.missing.schedule, cfg.missing.p0, cfg.missing.p1, cfg.missing.at)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    train, valid = prep.splits["train"], prep.splits["valid"]
+    best = {"score": -np.inf, "epoch": -1, "state": None, "val": {}}
+    history: list[dict[str, float]] = []
+    first_epoch = 0
+    if resume:
+        model.load_state_dict(resume["model"])
+        opt.load_state_dict(resume["optimizer"])
+        gen.set_state(resume["generator"])
+        best, history, first_epoch = resume["best"], resume["history"], resume["epoch"] + 1
+
+    def state(epoch: int) -> dict:
+        return {"epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                "generator": gen.get_state(), "best": best, "history": history}
+
+    objective = f"val/{HEADLINE}/objective"
+    for epoch in range(first_epoch, cfg.train.epochs):
+        t0 = time.time()
+        model.train()
+        rate = schedule.rate(epoch, cfg.train.epochs)
+        order = torch.randperm(len(train), generator=gen)
+        sums: dict[str, float] = {}
+        n_batches = 0
+        for i in range(0, len(order) - 1, cfg.train.batch_size):
+            idx = order[i: i + cfg.train.batch_size]
+            if len(idx) < 2:  # eq (2) and (3) need two samples
+                continue
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.train.bf16):
+                terms = train_losses(cfg, model, train.batch(idx).to(device), train.labels[idx].to(device),
+                                     rate=rate, generator=gen)
+            opt.zero_grad(set_to_none=True)
+            terms["total"].backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+            opt.step()
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach())
+            n_batches += 1
+            if cfg.train.max_batches and n_batches >= cfg.train.max_batches:
+                break
+        metrics = {f"train/{k}": v / max(n_batches, 1) for k, v in sums.items()}
+        if not np.isfinite(metrics.get("train/total", 0.0)):
+            raise FloatingPointError(f"train/total is {metrics['train/total']} at epoch {epoch}")
+        metrics["train/missing_rate"] = rate
+        metrics.update(evaluate(model, valid, modalities=prep.modalities, mask_seed=cfg.eval.mask_seed,
+                                batch_size=cfg.eval.batch_size, prefix="val"))
+        metrics["epoch_time_s"] = time.time() - t0
+        if metrics[objective] > best["score"]:
+            best = {"score": metrics[objective], "epoch": epoch,
+                    "state": copy.deepcopy(model.state_dict()), "val": metrics}
+        complete = f"val/{HEADLINE}/{'lav' if len(prep.modalities) == 3 else 'l'}"
+        history.append({"epoch": epoch, **{k: v for k, v in metrics.items() if k.startswith("train/")},
+                        objective: metrics[objective], complete: metrics[complete]})
+        log(f"epoch {epoch + 1}/{cfg.train.epochs}  train/total {metrics.get('train/total', float('nan')):.4f}  "
+            f"val objective {metrics[objective]:.4f}  (best {best['score']:.4f} @ {best['epoch'] + 1})  "
+            f"rate {rate:.2f}  {metrics['epoch_time_s']:.1f} s")
+        if report is not None:
+            report(epoch, metrics, lambda e=epoch: state(e))
+
+    model.load_state_dict(best["state"])
+    test = {}
+    if evaluate_test:
+        test = evaluate(model, prep.splits["test"], modalities=prep.modalities, mask_seed=cfg.eval.mask_seed,
+                        batch_size=cfg.eval.batch_size, prefix="test")
+    val = {k: v for k, v in best["val"].items() if k.startswith("val/")}
+    return RunResult(val, test, best["epoch"], history, time.time() - start, "completed", notes, prep, model)
