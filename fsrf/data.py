@@ -59,13 +59,13 @@ class SyntheticModel:
     """
 
     sigma_l: float = 0.3  # noise on the shared latent as language sees it (most informative)
-    sigma_a: float = 1.1  # ... as audio sees it
+    sigma_a: float = 1.25 # ... as audio sees it
     sigma_v: float = 1.5  # ... as vision sees it (least informative)
     specific_weight: float = 0.2  # weight of each modality-specific latent in the label
     label_scale: float = 1.5
     label_noise: float = 0.7  # annotator disagreement: caps every method's score
-    frame_signal: float = 1.5  # amplitude of the latent signal in a carrying frame
-    frame_carry: float = 0.6  # probability that a frame carries the latent signal
+    frame_signal: float = 2.0 # amplitude of the latent signal in a carrying frame
+    frame_carry: float = 0.35 # probability that a frame carries the latent signal
     frame_noise: float = 1.0  # iid Gaussian noise per frame and feature
     signature_amplitude: float = 1.0  # mean amplitude of the modality's noise signature
     min_len: int = 20  # true lengths are uniform in [min_len, SEQ_LEN]

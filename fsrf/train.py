@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -124,7 +125,7 @@ def _zeroed(view, valid) -> tuple[torch.Tensor, ...]:
     return tuple(view.zeroed(i, valid[i]) for i in range(len(MODALITIES)))
 
 
-def train_losses(cfg: RunConfig, model: FSRF, x: Inputs, y: torch.Tensor, *, rate: float,
+def train_losses(cfg: RunConfig, model: torch.nn.Module, x: Inputs, y: torch.Tensor, *, rate: float,
                  generator: torch.Generator) -> dict[str, torch.Tensor]:
     """Losses of one MRM step: two views of the batch through the network in one pass."""
     valid = x.valid()
@@ -245,6 +246,13 @@ def fit(cfg: RunConfig, *, prep: Prepared | None = None, report: Report | None =
                      "modalities and are zero")
     device = torch.device("cuda" if cfg.train.use_gpu and torch.cuda.is_available() else "cpu")
     model = build_model(cfg, prep).to(device)
+    # Data parallelism for whoever started a process group (Ray Train, torchrun); the loop needs no Ray.
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    rank, world = (torch.distributed.get_rank(), torch.distributed.get_world_size()) if distributed else (0, 1)
+    if distributed:
+        device = torch.device(f"cuda:{torch.cuda.current_device()}") if device.type == "cuda" else device
+        model = model.to(device)
+    net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     enc_params = [p for n, p in model.named_parameters() if n.startswith("encoders.l.bert.") and p.requires_grad]
     rest = [p for n, p in model.named_parameters() if not n.startswith("encoders.l.bert.")]
     groups = [{"params": rest, "lr": cfg.train.lr}]
@@ -268,20 +276,26 @@ def fit(cfg: RunConfig, *, prep: Prepared | None = None, report: Report | None =
                 "generator": gen.get_state(), "best": best, "history": history}
 
     objective = f"val/{HEADLINE}/objective"
+    total_nonconverged = 0
     for epoch in range(first_epoch, cfg.train.epochs):
         t0 = time.time()
         model.train()
         rate = schedule.rate(epoch, cfg.train.epochs)
-        order = torch.randperm(len(train), generator=gen)
+        order = torch.randperm(len(train), generator=gen)  # the same on every rank (same seed)
+        order = order[: len(order) // world * world][rank::world]  # equal shards keep ranks in step
         sums: dict[str, float] = {}
-        n_batches = 0
+        n_batches = nonconverged = 0
         for i in range(0, len(order) - 1, cfg.train.batch_size):
             idx = order[i: i + cfg.train.batch_size]
             if len(idx) < 2:  # eq (2) and (3) need two samples
                 continue
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.train.bf16):
-                terms = train_losses(cfg, model, train.batch(idx).to(device), train.labels[idx].to(device),
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.train.bf16), \
+                    warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", RuntimeWarning)
+                terms = train_losses(cfg, net, train.batch(idx).to(device), train.labels[idx].to(device),
                                      rate=rate, generator=gen)
+            # Sinkhorn warns on every non-converged step: count per epoch instead of flooding the log.
+            nonconverged += sum("sinkhorn" in str(w.message) for w in caught)
             opt.zero_grad(set_to_none=True)
             terms["total"].backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
@@ -295,6 +309,13 @@ def fit(cfg: RunConfig, *, prep: Prepared | None = None, report: Report | None =
         if not np.isfinite(metrics.get("train/total", 0.0)):
             raise FloatingPointError(f"train/total is {metrics['train/total']} at epoch {epoch}")
         metrics["train/missing_rate"] = rate
+        if cfg.model.das:
+            metrics["train/das/sinkhorn_nonconverged"] = nonconverged
+            total_nonconverged += nonconverged
+            if nonconverged > 0.1 * n_batches:
+                log(f"warning: Sinkhorn did not converge in {nonconverged}/{n_batches} steps of epoch {epoch + 1} "
+                    f"(loss.sinkhorn_eps={cfg.loss.sinkhorn_eps}, median cost "
+                    f"{metrics['train/das/median_cost']:.3g}): consider a larger loss.sinkhorn_eps")
         metrics.update(evaluate(model, valid, modalities=prep.modalities, mask_seed=cfg.eval.mask_seed,
                                 batch_size=cfg.eval.batch_size, prefix="val"))
         metrics["epoch_time_s"] = time.time() - t0
@@ -307,9 +328,17 @@ def fit(cfg: RunConfig, *, prep: Prepared | None = None, report: Report | None =
         log(f"epoch {epoch + 1}/{cfg.train.epochs}  train/total {metrics.get('train/total', float('nan')):.4f}  "
             f"val objective {metrics[objective]:.4f}  (best {best['score']:.4f} @ {best['epoch'] + 1})  "
             f"rate {rate:.2f}  {metrics['epoch_time_s']:.1f} s")
+        metrics["epoch"] = epoch + 1
+        metrics["best_epoch"] = best["epoch"] + 1
+        for key in (objective, complete, f"val/{HEADLINE}/avg_missing"):
+            if key in best["val"]:
+                metrics[f"best/{key}"] = best["val"][key]  # the value at the selected epoch so far
         if report is not None:
             report(epoch, metrics, lambda e=epoch: state(e))
 
+    if total_nonconverged:
+        notes.append(f"Sinkhorn reached its iteration cap without converging in {total_nonconverged} training "
+                     f"steps (loss.sinkhorn_eps={cfg.loss.sinkhorn_eps}); the non-converged plans were used")
     model.load_state_dict(best["state"])
     test = {}
     if evaluate_test:

@@ -1,0 +1,214 @@
+"""MLflow wiring of a study: one experiment per study, a parent run per invocation, a child run per trial.
+
+Everything is logged from the driver (a Tune callback), never from trial workers, so SQLite's
+single-writer limit is never hit and Ray workers need no tracking credentials.
+
+Names (SPEC section 6): params are flat dotted config names (``loss.lambda1``, ``train.lr``, ``seed``);
+metrics are ``train/<loss>`` and ``val/<metric>/<condition>`` per epoch (step = epoch), and
+``best/val/...`` at the selected epoch. Tags: ``fsrf.trial_id``, ``fsrf.trial_index``, ``fsrf.status``
+and ``fsrf.stop_reason``. Runs end FINISHED, FAILED or KILLED: never left RUNNING.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from ray import tune
+
+from fsrf.errors import InputError
+
+# MLflow refuses some characters in metric names and very long params: keep both safe.
+_PARAM_MAX = 6000
+
+
+def resolve_tracking_uri(uri: str | None, root: str | Path = ".") -> str:
+    """``--tracking-uri`` > ``MLFLOW_TRACKING_URI`` > ``sqlite:///<root>/mlflow.db`` (absolute: Ray workers
+    run in another folder). Relative SQLite paths are made absolute."""
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or ""
+    if not uri:
+        return f"sqlite:///{(Path(root) / 'mlflow.db').resolve()}"
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return f"sqlite:///{Path(uri[len('sqlite:///'):]).resolve()}"
+    if "://" not in uri:
+        raise InputError("--tracking-uri", None, f"{uri!r} is not a URI (sqlite:///path/mlflow.db, "
+                         "http://host:port or postgresql://...)")
+    return uri
+
+
+def check_reachable(uri: str, *, timeout: float = 5.0) -> None:
+    """Fail fast, with one line, when an HTTP tracking server does not answer."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout).read()
+    except (urllib.error.URLError, OSError, ValueError) as err:
+        reason = getattr(err, "reason", err)
+        raise InputError("--tracking-uri", None, f"tracking server {uri} is unreachable ({reason})") from None
+
+
+def client_for(uri: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def experiment_id(client, name: str, *, artifact_root: str | Path | None = None) -> str:
+    """The experiment named ``name``, created in the driver before any trial starts (creation races)."""
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    location = None
+    if artifact_root is not None:
+        location = Path(artifact_root).resolve().as_uri()
+    return client.create_experiment(name, artifact_location=location)
+
+
+def clean_params(params: dict[str, Any]) -> dict[str, str]:
+    return {k: ("None" if v is None else str(v))[:_PARAM_MAX] for k, v in params.items()}
+
+
+def numeric_metrics(result: dict[str, Any], prefixes=("train/", "val/", "best/", "test/")) -> dict[str, float]:
+    """The finite numeric metrics of a Tune result that belong in MLflow."""
+    out = {}
+    for k, v in result.items():
+        if k.startswith(prefixes) and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+            out[k] = float(v)
+    return out
+
+
+def log_metrics(client, run_id: str, metrics: dict[str, float], *, step: int) -> None:
+    from mlflow.entities import Metric
+
+    import time
+
+    now = int(time.time() * 1000)
+    items = [Metric(k, v, now, step) for k, v in metrics.items()]
+    for i in range(0, len(items), 900):  # MLflow caps a batch at 1000 metrics
+        client.log_batch(run_id, metrics=items[i: i + 900])
+
+
+def log_params(client, run_id: str, params: dict[str, Any], *, skip_existing: bool = True) -> None:
+    from mlflow.entities import Param
+
+    params = clean_params(params)
+    if skip_existing:
+        have = client.get_run(run_id).data.params
+        params = {k: v for k, v in params.items() if k not in have}
+    items = [Param(k, v) for k, v in params.items()]
+    for i in range(0, len(items), 90):  # MLflow caps params per batch at 100
+        client.log_batch(run_id, params=items[i: i + 90])
+
+
+def trial_index(trial) -> int:
+    """Tune's 1-based trial counter (the number before '_' in the experiment tag)."""
+    head = str(getattr(trial, "experiment_tag", "") or "").split("_", 1)[0]
+    return int(head) if head.isdigit() else 0
+
+
+def short(value: Any) -> str:
+    return f"{value:.0e}".replace("e-0", "e-").replace("e+0", "e") if isinstance(value, float) else str(value)
+
+
+def run_name(trial, lr_key: str = "train.lr") -> str:
+    """Readable and deterministic: ``trial-007-lr3e-4`` (index, learning rate if searched)."""
+    name = f"trial-{trial_index(trial):03d}"
+    if lr_key in trial.config:
+        name += f"-lr{short(trial.config[lr_key])}"
+    return name
+
+
+class TrialTracker(tune.Callback):
+    """A Tune callback (driver side) that mirrors every trial into a nested MLflow child run.
+
+    ``base_params`` (the flattened base config and study settings) are logged on every child so that
+    MLflow UI filters keep children; ``trial.config`` holds the sampled values that override them.
+    Re-attaching after ``--resume`` finds a trial's run by its ``fsrf.trial_id`` tag instead of creating
+    a second one.
+    """
+
+    def __init__(self, *, uri: str, experiment_id: str, parent_run_id: str, base_params: dict[str, Any],
+                 tags: dict[str, str], max_epochs: int, config_key: str = "run"):
+        self.uri, self.exp, self.parent = uri, experiment_id, parent_run_id
+        self.base_params, self.tags, self.max_epochs = base_params, tags, max_epochs
+        self.runs: dict[str, str] = {}
+        self._client = None
+
+    @property
+    def client(self):
+        if self._client is None:
+            self._client = client_for(self.uri)
+        return self._client
+
+    def _existing(self, trial_id: str) -> str | None:
+        found = self.client.search_runs(
+            [self.exp], filter_string=f"tags.`fsrf.trial_id` = '{trial_id}' and "
+                                      f"tags.`mlflow.parentRunId` = '{self.parent}'", max_results=1)
+        return found[0].info.run_id if found else None
+
+    def run_for(self, trial) -> str:
+        if trial.trial_id in self.runs:
+            return self.runs[trial.trial_id]
+        run_id = self._existing(trial.trial_id)
+        if run_id is None:
+            tags = {**self.tags, "mlflow.parentRunId": self.parent, "fsrf.trial_id": trial.trial_id,
+                    "fsrf.trial_index": str(trial_index(trial)), "fsrf.status": "RUNNING"}
+            run = self.client.create_run(self.exp, run_name=run_name(trial), tags=tags)
+            run_id = run.info.run_id
+        else:
+            self.client.update_run(run_id, status="RUNNING")
+            self.client.set_tag(run_id, "fsrf.status", "RUNNING")
+        self.runs[trial.trial_id] = run_id
+        return run_id
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        run_id = self.run_for(trial)
+        log_params(self.client, run_id, {**self.base_params, **{k: v for k, v in trial.config.items()
+                                                                if not isinstance(v, dict)}})
+
+    def on_trial_restore(self, iteration, trials, trial, **info):
+        self.run_for(trial)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        run_id = self.run_for(trial)
+        log_metrics(self.client, run_id, numeric_metrics(result), step=int(result.get("epoch", iteration)))
+
+    def _end(self, trial, status: str, reason: str) -> None:
+        run_id = self.run_for(trial)
+        self.client.set_tag(run_id, "fsrf.status", status)
+        self.client.set_tag(run_id, "fsrf.stop_reason", reason[:5000])
+        self.client.set_terminated(run_id, status=status)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        epochs = int((trial.last_result or {}).get("epoch", 0))
+        reason = "completed" if epochs >= self.max_epochs else f"early-stopped by the scheduler after {epochs} epochs"
+        self._end(trial, "FINISHED", reason)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._end(trial, "FAILED", error_reason(trial))
+
+    def close(self, status: str = "KILLED") -> int:
+        """End every child run still RUNNING (interrupted study); returns how many were ended."""
+        n = 0
+        for run in self.client.search_runs([self.exp], filter_string=f"tags.`mlflow.parentRunId` = '{self.parent}'"
+                                           " and attributes.status = 'RUNNING'"):
+            self.client.set_tag(run.info.run_id, "fsrf.status", status)
+            self.client.set_tag(run.info.run_id, "fsrf.stop_reason", "study interrupted")
+            self.client.set_terminated(run.info.run_id, status=status)
+            n += 1
+        return n
+
+
+def error_reason(trial) -> str:
+    """The last line of a failed trial's error (Tune writes it to ``error.txt`` in the trial folder)."""
+    path = getattr(trial, "error_file", None)
+    try:
+        text = Path(path).read_text() if path else ""
+    except OSError:
+        text = ""
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else "trial failed (no error file)"

@@ -1,0 +1,276 @@
+"""Search FSRF's loss weights, temperatures, Sinkhorn eps, noise priors and missing-rate schedule.
+
+    python studies/tune_lambdas.py                        # default study: synthetic MOSI, local Ray, ~12 min
+    python studies/tune_lambdas.py --smoke-test           # 2 tiny trials, about a minute with Ray start-up
+    python studies/tune_lambdas.py --num-samples 64 --max-epochs 20 --address 10.0.0.5:6379 \\
+        --tracking-uri http://10.0.0.5:5000               # on a cluster, with a shared tracking server
+    python studies/tune_lambdas.py --resume               # continue an interrupted study
+    mlflow ui --backend-store-uri sqlite:///$PWD/mlflow.db  # then open #/experiments/<id>/runs
+
+Ray Tune runs the trials (OptunaSearch, seeded TPE; ASHA stops weak trials early on the per-epoch
+validation objective). The objective is validation-only: the mean ``Non0_F1_score`` over ``lav``, the
+six missing conditions and the ten intra-curve points at each trial's best epoch. Test metrics are
+never computed here; they belong to the robustness study. ``--multi-objective`` searches complete-
+modality F1 (``lav``) against ``avg_missing`` F1 and prints the Pareto front.
+
+Every trial is a nested MLflow child run of one parent run per invocation; the study also writes
+``trials.parquet`` (trials x params x best-epoch metrics) and ``epochs.parquet`` (per-epoch metrics)
+into its folder ``<storage>/<name>/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from _cli import ROOT, run_main
+
+OBJECTIVE = "best/val/Non0_F1_score/objective"
+MULTI = ["best/val/Non0_F1_score/lav", "best/val/Non0_F1_score/avg_missing"]
+SMOKE = ["data.size_scale=0.05", "model.width=32", "model.seq_width=16"]
+
+
+def parse(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", help="base run config YAML (default: built-in defaults)")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a base config field, e.g. data.preset=mosei (repeatable)")
+    ap.add_argument("--space", default=str(ROOT / "configs" / "search_space.yaml"), help="search space YAML")
+    ap.add_argument("--name", default="fsrf-tune", help="study name: MLflow experiment and Ray folder")
+    ap.add_argument("--num-samples", type=int, default=24, help="trials to run (default 24)")
+    ap.add_argument("--max-epochs", type=int, default=12, help="epochs of a trial that ASHA never stops (default 12)")
+    ap.add_argument("--grace-period", type=int, default=3, help="ASHA: epochs before a trial can be stopped")
+    ap.add_argument("--search-seed", type=int, default=0, help="seed of the TPE sampler (not of training)")
+    ap.add_argument("--multi-objective", action="store_true", help="search lav F1 against avg_missing F1")
+    ap.add_argument("--workers-per-trial", type=int, default=0,
+                    help="0: plain function trainable (default, cheapest); N: Ray Train TorchTrainer with N workers")
+    ap.add_argument("--cpus", type=float, default=None, help="CPUs for a local Ray (default: all cores)")
+    ap.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs held by one trial (default 1)")
+    ap.add_argument("--gpus-per-worker", type=int, default=0, help="1: use_gpu for Train workers")
+    ap.add_argument("--max-failures", type=int, default=2, help="retries of a crashed trial from its checkpoint")
+    ap.add_argument("--address", help="attach to a running Ray cluster (default: start a local one)")
+    ap.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or ./mlflow.db)")
+    ap.add_argument("--storage", default="runs/tune", help="Ray storage folder (default runs/tune)")
+    ap.add_argument("--resume", action="store_true", help="continue the study named --name from --storage")
+    ap.add_argument("--smoke-test", action="store_true", help="2 tiny trials x 2 epochs")
+    ap.add_argument("--nan-trial", type=int, default=None, help=argparse.SUPPRESS)  # test-only fault injection
+    args = ap.parse_args(argv)
+    if args.smoke_test:
+        args.num_samples, args.max_epochs, args.grace_period = 2, 2, 1
+        args.overrides = SMOKE + args.overrides
+    return args
+
+
+def validate(args) -> None:
+    from fsrf.errors import InputError
+
+    checks = [("--num-samples", args.num_samples >= 1), ("--max-epochs", args.max_epochs >= 1),
+              ("--grace-period", 1 <= args.grace_period <= args.max_epochs),
+              ("--workers-per-trial", args.workers_per_trial >= 0), ("--cpus-per-trial", args.cpus_per_trial > 0),
+              ("--max-failures", args.max_failures >= 0), ("--cpus", args.cpus is None or args.cpus > 0)]
+    for flag, ok in checks:
+        if not ok:
+            raise InputError(flag, None, f"invalid value {getattr(args, flag[2:].replace('-', '_'))!r}")
+
+
+def main(argv=None) -> int:
+    args = parse(argv)
+    validate(args)
+    from fsrf.config import flatten, load_config
+    from fsrf.errors import InputError
+    from studies import space as space_mod
+    from studies import tracking
+
+    base = load_config(args.config, args.overrides)
+    space = space_mod.load_space(args.space, base)
+    uri = tracking.resolve_tracking_uri(args.tracking_uri)
+    tracking.check_reachable(uri)
+    storage = Path(args.storage).resolve()
+    study_dir = storage / args.name
+    state_file = study_dir / "fsrf_study.json"
+    if args.resume and not state_file.is_file():
+        raise InputError(str(study_dir), "--resume", "no study to resume here (run without --resume first)")
+    if not args.resume and state_file.is_file():
+        raise InputError(str(study_dir), "--name", "a study of this name exists: pass --resume, or a new --name")
+
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    from studies import worker
+
+    started = time.time()
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")  # narrow the window a killed driver loses
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
+    if args.address:
+        ray.init(address=args.address, runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1"}})
+    else:
+        ray.init(num_cpus=args.cpus or os.cpu_count(), include_dashboard=False,
+                 runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}})
+    total_cpus = ray.cluster_resources().get("CPU", 1)
+    use_gpu = args.gpus_per_worker > 0
+    if args.workers_per_trial:
+        # The trial process only drives the TorchTrainer: a sliver of CPU; the workers hold the rest.
+        per_worker = max(0.1, args.cpus_per_trial - 0.1) / args.workers_per_trial
+        trial_resources = [{"CPU": 0.1}] + [{"CPU": per_worker, "GPU": args.gpus_per_worker}] * args.workers_per_trial
+        resources = tune.PlacementGroupFactory(trial_resources)
+    else:
+        per_worker = args.cpus_per_trial
+        resources = {"cpu": args.cpus_per_trial, "gpu": args.gpus_per_worker}
+    concurrent = max(1, int(total_cpus // args.cpus_per_trial))
+    settings = worker.TrialSettings(base=flatten(base), max_epochs=args.max_epochs,
+                                    threads=max(1, int(per_worker)), workers=args.workers_per_trial,
+                                    cpus_per_worker=per_worker, use_gpu=use_gpu, storage=str(storage),
+                                    nan_trial=args.nan_trial)
+    fn = worker.train_trainable if args.workers_per_trial else worker.function_trainable
+    trainable = tune.with_resources(tune.with_parameters(fn, settings=settings), resources)
+
+    client = tracking.client_for(uri)
+    exp_id = tracking.experiment_id(client, args.name, artifact_root=Path("mlartifacts") / args.name)
+    study_tags = {"fsrf.study": args.name, "fsrf.objective": ",".join(MULTI) if args.multi_objective else OBJECTIVE,
+                  "fsrf.data": f"{base.data.source}/{base.data.preset}", "fsrf.variant": _variant(base)}
+    study_params = {"study.num_samples": args.num_samples, "study.max_epochs": args.max_epochs,
+                    "study.search_seed": args.search_seed, "study.workers_per_trial": args.workers_per_trial,
+                    "study.multi_objective": args.multi_objective, "study.searched": ",".join(space.names)}
+    if args.resume:
+        saved = json.loads(state_file.read_text())
+        parent = saved["parent_run_id"]
+        client.update_run(parent, status="RUNNING")
+    else:
+        study_dir.mkdir(parents=True, exist_ok=True)
+        parent = client.create_run(exp_id, run_name=f"study-{args.name}", tags={**study_tags, "fsrf.role": "study"}).info.run_id
+        tracking.log_params(client, parent, {**study_params, **{f"space.{k}": v for k, v in space.describe().items()},
+                                             **{f"base.{k}": v for k, v in flatten(base).items()}})
+        client.log_dict(parent, {"params": space.describe(), "start_with_base": space.start_with_base},
+                        "search_space.json")
+    tracker = tracking.TrialTracker(uri=uri, experiment_id=exp_id, parent_run_id=parent,
+                                    base_params={**flatten(base), **study_params}, tags=study_tags,
+                                    max_epochs=args.max_epochs)
+
+    metric, mode = (MULTI, ["max", "max"]) if args.multi_objective else (OBJECTIVE, "max")
+    base_point = [{k: flatten(base)[k] for k in space.names}] if space.start_with_base else None
+    # Single objective: metric/mode go to TuneConfig, which hands them to the searcher and to ASHA.
+    optuna_kw = dict(metric=metric, mode=mode) if args.multi_objective else {}
+    searcher = ConcurrencyLimiter(OptunaSearch(seed=args.search_seed, points_to_evaluate=base_point, **optuna_kw),
+                                  max_concurrent=concurrent)
+    scheduler = FIFOScheduler() if args.multi_objective else ASHAScheduler(
+        time_attr="epoch", max_t=args.max_epochs, grace_period=args.grace_period, reduction_factor=3)
+    run_config = tune.RunConfig(
+        name=args.name, storage_path=str(storage), callbacks=[tracker], verbose=1,
+        failure_config=tune.FailureConfig(max_failures=args.max_failures),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=2))
+    print(f"study {args.name}: {args.num_samples} trials x <= {args.max_epochs} epochs, {concurrent} at a time "
+          f"on {total_cpus:g} CPUs ({'Ray Train, %d worker(s)' % args.workers_per_trial if args.workers_per_trial else 'function trainable'})",
+          file=sys.stderr, flush=True)
+    if not args.resume:
+        state_file.write_text(json.dumps({"parent_run_id": parent, "experiment_id": exp_id, "uri": uri}))
+    status = "KILLED"
+    try:
+        if args.resume:
+            tuner = tune.Tuner.restore(str(study_dir), trainable=trainable, resume_errored=True)
+        else:
+            tuner = tune.Tuner(trainable, param_space=space.tune_space(),
+                               tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
+                                                           num_samples=args.num_samples,
+                                                           max_concurrent_trials=concurrent,
+                                                           metric=None if args.multi_objective else metric,
+                                                           mode=None if args.multi_objective else mode),
+                               run_config=run_config)
+        results = tuner.fit()
+        status = "FINISHED"
+    finally:
+        ended = tracker.close("KILLED")
+        if status != "FINISHED":
+            client.set_terminated(parent, status="KILLED")
+            if ended:
+                print(f"marked {ended} unfinished trial run(s) KILLED", file=sys.stderr)
+    summary = summarise(results, space, study_dir, multi=args.multi_objective)
+    wall = time.time() - started
+    tracking.log_metrics(client, parent, {k: v for k, v in summary["best_metrics"].items()}
+                         | {"study/wall_time_s": wall, "study/trials": summary["trials"],
+                            "study/errored": summary["errored"]}, step=0)
+    tracking.log_params(client, parent, {f"best.{k}": v for k, v in summary["best_config"].items()})
+    for f in ("trials.parquet", "epochs.parquet", "summary.json"):
+        client.log_artifact(parent, str(study_dir / f))
+    client.set_terminated(parent, status="FINISHED")
+    _print_summary(summary, wall, uri, exp_id, study_dir)
+    ray.shutdown()
+    return 0
+
+
+def _variant(cfg) -> str:
+    m = cfg.model
+    off = [n for n, on in (("dhf", m.dhf), ("das", m.das), ("noise", m.noise)) if not on]
+    return "fsrf" if not off else "no_" + "_".join(off)
+
+
+def summarise(results, space, study_dir: Path, *, multi: bool) -> dict:
+    """Write the tidy trial table and the per-epoch table; pick the best trial (or the Pareto front)."""
+    import polars as pl
+
+    rows, epochs = [], []
+    for r in results:
+        trial_id = r.metrics.get("trial_id") if r.metrics else None
+        hist = r.metrics_dataframe
+        if hist is not None and len(hist):
+            h = pl.from_pandas(hist)
+            keep = [c for c in h.columns if c.startswith(("val/Non0_F1_score/", "train/", "best/")) or c in ("epoch", "trial_id")]
+            epochs.append(h.select(keep))
+            trial_id = trial_id or h["trial_id"][0]
+        last = r.metrics or {}
+        row = {"trial_id": trial_id, "status": "ERROR" if r.error else "TERMINATED",
+               "error": str(r.error).splitlines()[-1][:500] if r.error else None,
+               "epochs": int(last.get("epoch", 0) or 0), "best_epoch": int(last.get("best_epoch", 0) or 0)}
+        row.update({k: r.config.get(k) for k in space.names})
+        row.update({k: last.get(k) for k in (OBJECTIVE, *MULTI)})
+        rows.append(row)
+    trials = pl.DataFrame(rows, infer_schema_length=None)
+    trials.write_parquet(study_dir / "trials.parquet")
+    all_epochs = pl.concat(epochs, how="diagonal_relaxed") if epochs else pl.DataFrame()
+    all_epochs.write_parquet(study_dir / "epochs.parquet")
+    done = trials.filter(pl.col(OBJECTIVE).is_not_null())
+    summary = {"trials": len(trials), "errored": int((trials["status"] == "ERROR").sum()), "best_config": {},
+               "best_metrics": {}, "pareto": []}
+    if len(done):
+        best = done.sort(OBJECTIVE, descending=True).row(0, named=True)
+        summary["best_trial"] = best["trial_id"]
+        summary["best_config"] = {k: best[k] for k in space.names}
+        summary["best_metrics"] = {k: best[k] for k in (OBJECTIVE, *MULTI) if best[k] is not None}
+        if multi:
+            summary["pareto"] = pareto_front(done, MULTI).to_dicts()
+    (study_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    return summary
+
+
+def pareto_front(df, cols: list[str]):
+    """Rows not dominated by any other row (all ``cols`` maximised)."""
+    import polars as pl
+
+    vals = df.select(cols).to_numpy()
+    keep = [not any((o >= v).all() and (o > v).any() for o in vals) for v in vals]
+    return df.filter(pl.Series(keep)).sort(cols[0], descending=True)
+
+
+def _print_summary(summary: dict, wall: float, uri: str, exp_id: str, study_dir: Path) -> None:
+    print(f"\n{summary['trials']} trials ({summary['errored']} errored) in {wall / 60:.1f} min")
+    if summary["best_config"]:
+        print(f"best trial {summary['best_trial']}: {OBJECTIVE} = {summary['best_metrics'].get(OBJECTIVE, float('nan')):.4f}")
+        for k, v in summary["best_config"].items():
+            print(f"  {k} = {v}")
+    if summary["pareto"]:
+        print("Pareto front (lav F1 vs avg_missing F1):")
+        for row in summary["pareto"]:
+            print(f"  {row['trial_id']}: lav {row[MULTI[0]]:.4f}  avg_missing {row[MULTI[1]]:.4f}")
+    ui = uri if uri.startswith("http") else f"mlflow ui --backend-store-uri {uri}"
+    print(f"tables: {study_dir}/trials.parquet, epochs.parquet\nMLflow: {ui}  ->  #/experiments/{exp_id}/runs")
+
+
+if __name__ == "__main__":
+    run_main(main)
