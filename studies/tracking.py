@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import math
 import os
+import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -83,8 +85,6 @@ def numeric_metrics(result: dict[str, Any], prefixes=("train/", "val/", "best/",
 
 def log_metrics(client, run_id: str, metrics: dict[str, float], *, step: int) -> None:
     from mlflow.entities import Metric
-
-    import time
 
     now = int(time.time() * 1000)
     items = [Metric(k, v, now, step) for k, v in metrics.items()]
@@ -212,3 +212,29 @@ def error_reason(trial) -> str:
         text = ""
     lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
     return lines[-1] if lines else "trial failed (no error file)"
+
+
+class ProgressPrinter(tune.Callback):
+    """One line per trial epoch and per trial end on stderr (Tune's own tables are switched off)."""
+
+    def __init__(self, max_epochs: int, *, metric: str):
+        self.max_epochs, self.metric, self.best = max_epochs, metric, float("-inf")
+        self.start = time.time()
+
+    def _line(self, text: str) -> None:
+        print(f"[{(time.time() - self.start) / 60:5.1f} min] {text}", file=sys.stderr, flush=True)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        value = result.get(self.metric)
+        if isinstance(value, (int, float)):
+            self.best = max(self.best, value)
+        self._line(f"{run_name(trial)} epoch {result.get('epoch', '?')}/{self.max_epochs}  "
+                   f"objective {result.get(self.metric.removeprefix('best/'), float('nan')):.4f}  "
+                   f"study best {self.best:.4f}")
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        done = sum(t.status in ("TERMINATED", "ERROR") for t in trials) + 1
+        self._line(f"{run_name(trial)} done ({done}/{len(trials)} trials finished)")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._line(f"{run_name(trial)} FAILED: {error_reason(trial)}")

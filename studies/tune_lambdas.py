@@ -163,7 +163,7 @@ def main(argv=None) -> int:
     scheduler = FIFOScheduler() if args.multi_objective else ASHAScheduler(
         time_attr="epoch", max_t=args.max_epochs, grace_period=args.grace_period, reduction_factor=3)
     run_config = tune.RunConfig(
-        name=args.name, storage_path=str(storage), callbacks=[tracker], verbose=1,
+        name=args.name, storage_path=str(storage), callbacks=[tracker, tracking.ProgressPrinter(args.max_epochs, metric=OBJECTIVE)], verbose=0,
         failure_config=tune.FailureConfig(max_failures=args.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2))
     print(f"study {args.name}: {args.num_samples} trials x <= {args.max_epochs} epochs, {concurrent} at a time "

@@ -75,7 +75,7 @@ def prepared_for(cfg: RunConfig):
 
 
 def _maybe_poison(cfg: RunConfig, settings: TrialSettings, index: int) -> RunConfig:
-    """Test-only switch: a trial whose index is ``nan_trial`` gets a NaN learning rate path."""
+    """Test-only switch: the trial whose index is ``nan_trial`` gets lambda1 = NaN, so its loss is NaN."""
     if settings.nan_trial is None or index != settings.nan_trial:
         return cfg
     return cfg.model_copy(update={"loss": cfg.loss.model_copy(update={"lambda1": float("nan")})})
@@ -89,7 +89,7 @@ def function_trainable(config: dict[str, Any], settings: TrialSettings) -> None:
 
     cfg = trial_config(settings, config)
     ctx = tune.get_context()
-    cfg = _maybe_poison(cfg, settings, _index(ctx.get_trial_name()))
+    cfg = _maybe_poison(cfg, settings, _index(ctx))
     torch.set_num_threads(settings.threads)
 
     def report(epoch: int, metrics: dict, state) -> None:
@@ -101,10 +101,12 @@ def function_trainable(config: dict[str, Any], settings: TrialSettings) -> None:
         evaluate_test=False, log=lambda s: None)
 
 
-def _index(trial_name: str | None) -> int:
-    """Trial index from a Tune trial name like ``function_trainable_3f2a1_00004`` (0-based counter)."""
-    tail = (trial_name or "").rsplit("_", 1)[-1]
-    return int(tail) + 1 if tail.isdigit() else 0
+def _index(ctx) -> int:
+    """Tune's 1-based trial counter: the number after the trial id in the trial folder's name
+    (``function_trainable_<id>_<index>_<params>``)."""
+    name, tid = os.path.basename(ctx.get_trial_dir() or ""), ctx.get_trial_id() or ""
+    tail = name.split(f"{tid}_", 1)[-1].split("_", 1)[0] if tid and f"{tid}_" in name else ""
+    return int(tail) if tail.isdigit() else 0
 
 
 def train_worker(loop_config: dict[str, Any]) -> None:
@@ -138,7 +140,7 @@ def train_trainable(config: dict[str, Any], settings: TrialSettings) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     ctx = tune.get_context()
-    cfg = _maybe_poison(trial_config(settings, config), settings, _index(ctx.get_trial_name()))
+    cfg = _maybe_poison(trial_config(settings, config), settings, _index(ctx))
     trainer = TorchTrainer(
         train_worker,
         train_loop_config={"run": _flatten(cfg), "settings": settings},

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from fsrf.config import RunConfig, apply_overrides, build_config, flatten, load_config, unflatten
 from fsrf.errors import InputError
@@ -71,7 +72,7 @@ def test_flatten_names_and_round_trip():
 
 def test_config_is_frozen():
     cfg = RunConfig()
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="frozen"):
         cfg.loss.lambda1 = 0.5  # type: ignore[misc]
     assert cfg.loss.lambda1 == 0.2
 
