@@ -166,6 +166,26 @@ def predict(model: FSRF, data: SplitTensors, view, *, batch_size: int) -> torch.
     return torch.cat(preds)
 
 
+@torch.no_grad()
+def representations(model: FSRF, data: SplitTensors, *, modalities: tuple[str, ...], batch_size: int,
+                    condition: str = "lav") -> dict[str, np.ndarray]:
+    """R_ho, R_he, R_n (N, M, D), Z (N, D) and the score (N,) of a split under one condition (analysis)."""
+    model.eval()
+    valid = data.inputs.valid()
+    cond = condition if len(modalities) == 3 else "l"
+    view = condition_view(cond, valid, seed=0, available=modalities)
+    zeroed = _zeroed(view, valid)
+    parts: dict[str, list] = {}
+    for i in range(0, len(data), batch_size):
+        idx = torch.arange(i, min(i + batch_size, len(data)))
+        out = model(data.batch(idx), view.present[idx], tuple(z[idx] for z in zeroed))
+        for name in ("ho", "he", "noise", "z", "score"):
+            value = getattr(out, name)
+            if value is not None:
+                parts.setdefault(name, []).append(value.float().numpy())
+    return {k: np.concatenate(v) for k, v in parts.items()}
+
+
 def evaluate(model: FSRF, data: SplitTensors, *, modalities: tuple[str, ...], mask_seed: int,
              batch_size: int, prefix: str) -> dict[str, float]:
     """Every metric under every condition of the protocol, as flat ``<prefix>/<metric>/<condition>``."""

@@ -132,8 +132,10 @@ class TrialTracker(tune.Callback):
     """
 
     def __init__(self, *, uri: str, experiment_id: str, parent_run_id: str, base_params: dict[str, Any],
-                 tags: dict[str, str], max_epochs: int, config_key: str = "run"):
+                 tags: dict[str, str], max_epochs: int, name_fn=None, params_fn=None, artifacts: tuple[str, ...] = ()):
         self.uri, self.exp, self.parent = uri, experiment_id, parent_run_id
+        self.name_fn, self.artifacts = name_fn or run_name, artifacts
+        self.params_fn = params_fn or (lambda trial: {k: v for k, v in trial.config.items() if not isinstance(v, dict)})
         self.base_params, self.tags, self.max_epochs = base_params, tags, max_epochs
         self.runs: dict[str, str] = {}
         self._client = None
@@ -157,7 +159,7 @@ class TrialTracker(tune.Callback):
         if run_id is None:
             tags = {**self.tags, "mlflow.parentRunId": self.parent, "fsrf.trial_id": trial.trial_id,
                     "fsrf.trial_index": str(trial_index(trial)), "fsrf.status": "RUNNING"}
-            run = self.client.create_run(self.exp, run_name=run_name(trial), tags=tags)
+            run = self.client.create_run(self.exp, run_name=self.name_fn(trial), tags=tags)
             run_id = run.info.run_id
         else:
             self.client.update_run(run_id, status="RUNNING")
@@ -167,8 +169,7 @@ class TrialTracker(tune.Callback):
 
     def on_trial_start(self, iteration, trials, trial, **info):
         run_id = self.run_for(trial)
-        log_params(self.client, run_id, {**self.base_params, **{k: v for k, v in trial.config.items()
-                                                                if not isinstance(v, dict)}})
+        log_params(self.client, run_id, {**self.base_params, **self.params_fn(trial)})
 
     def on_trial_restore(self, iteration, trials, trial, **info):
         self.run_for(trial)
@@ -186,6 +187,11 @@ class TrialTracker(tune.Callback):
     def on_trial_complete(self, iteration, trials, trial, **info):
         epochs = int((trial.last_result or {}).get("epoch", 0))
         reason = "completed" if epochs >= self.max_epochs else f"early-stopped by the scheduler after {epochs} epochs"
+        if self.artifacts and trial.checkpoint is not None:
+            with trial.checkpoint.as_directory() as d:
+                for name in self.artifacts:
+                    if (Path(d) / name).is_file():
+                        self.client.log_artifact(self.run_for(trial), str(Path(d) / name))
         self._end(trial, "FINISHED", reason)
 
     def on_trial_error(self, iteration, trials, trial, **info):
@@ -217,8 +223,9 @@ def error_reason(trial) -> str:
 class ProgressPrinter(tune.Callback):
     """One line per trial epoch and per trial end on stderr (Tune's own tables are switched off)."""
 
-    def __init__(self, max_epochs: int, *, metric: str):
+    def __init__(self, max_epochs: int, *, metric: str, name_fn=None):
         self.max_epochs, self.metric, self.best = max_epochs, metric, float("-inf")
+        self.name = name_fn or run_name
         self.start = time.time()
 
     def _line(self, text: str) -> None:
@@ -228,13 +235,15 @@ class ProgressPrinter(tune.Callback):
         value = result.get(self.metric)
         if isinstance(value, (int, float)):
             self.best = max(self.best, value)
-        self._line(f"{run_name(trial)} epoch {result.get('epoch', '?')}/{self.max_epochs}  "
+        if any(k.startswith("test/") for k in result):
+            return  # the final test report of a robustness run repeats the last epoch
+        self._line(f"{self.name(trial)} epoch {result.get('epoch', '?')}/{self.max_epochs}  "
                    f"objective {result.get(self.metric.removeprefix('best/'), float('nan')):.4f}  "
                    f"study best {self.best:.4f}")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         done = sum(t.status in ("TERMINATED", "ERROR") for t in trials) + 1
-        self._line(f"{run_name(trial)} done ({done}/{len(trials)} trials finished)")
+        self._line(f"{self.name(trial)} done ({done}/{len(trials)} trials finished)")
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._line(f"{run_name(trial)} FAILED: {error_reason(trial)}")
+        self._line(f"{self.name(trial)} FAILED: {error_reason(trial)}")

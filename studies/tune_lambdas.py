@@ -104,17 +104,10 @@ def main(argv=None) -> int:
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
-    from studies import worker
+    from studies import runtime, worker
 
     started = time.time()
-    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")  # narrow the window a killed driver loses
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
-    if args.address:
-        ray.init(address=args.address, runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1"}})
-    else:
-        ray.init(num_cpus=args.cpus or os.cpu_count(), include_dashboard=False,
-                 runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}})
-    total_cpus = ray.cluster_resources().get("CPU", 1)
+    total_cpus = runtime.start_ray(args.address, args.cpus)
     use_gpu = args.gpus_per_worker > 0
     if args.workers_per_trial:
         # The trial process only drives the TorchTrainer: a sliver of CPU; the workers hold the rest.

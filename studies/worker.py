@@ -158,3 +158,46 @@ def _flatten(cfg: RunConfig) -> dict[str, Any]:
     from fsrf.config import flatten
 
     return flatten(cfg)
+
+
+def robustness_trainable(config: dict[str, Any], settings: TrialSettings) -> None:
+    """One run of a robustness study: train a variant with a seed, then the test protocol once.
+
+    The last report carries the test metrics and a checkpoint holding ``metrics.json`` and, for
+    synthetic data with all three modalities, ``representations.npz`` (R_ho, R_he, R_n, Z on the
+    complete test split, with the labels and the true latents) for the factorization probe.
+    """
+    import json
+
+    from ray import tune
+
+    from fsrf.config import apply_overrides
+    from fsrf.train import fit, representations
+    from studies.robustness import variant_overrides
+
+    spec = config["spec"]
+    flat = {**settings.base, **variant_overrides(spec["variant"]), "seed": spec["seed"],
+            "missing.overlap": spec["overlap"], "train.epochs": settings.max_epochs, "train.threads": settings.threads}
+    cfg = build_config(apply_overrides({}, flat), where="robustness run")
+    torch.set_num_threads(settings.threads)
+
+    def report(epoch: int, metrics: dict, state) -> None:
+        with tempfile.TemporaryDirectory() as d:
+            save_state(state(), d)
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+
+    prep = prepared_for(cfg)
+    result = fit(cfg, prep=prep, report=report, resume=load_state(tune.get_checkpoint()), log=lambda s: None)
+    final = {**result.val, **result.test, "epoch": len(result.history), "best_epoch": result.best_epoch + 1,
+             "wall_time_s": result.wall_time_s}
+    with tempfile.TemporaryDirectory() as d:
+        Path(d, "metrics.json").write_text(json.dumps(result.to_json(cfg), indent=1))
+        split = prep.raw.get("test")
+        if split is not None and split.latents and len(prep.modalities) == 3:
+            reps = representations(result.model, prep.splits["test"], modalities=prep.modalities,
+                                   batch_size=cfg.eval.batch_size)
+            import numpy as np
+
+            np.savez(Path(d, "representations.npz"), labels=split.labels, **reps,
+                     **{k: v for k, v in split.latents.items()})
+        tune.report(final, checkpoint=tune.Checkpoint.from_directory(d))
