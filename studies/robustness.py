@@ -161,6 +161,7 @@ def main(argv=None) -> int:
                                     tags={**tags, "fsrf.role": "robustness-run"}, max_epochs=epochs,
                                     name_fn=lambda trial: spec_name(trial.config["spec"]),
                                     params_fn=lambda trial: _spec_params(trial.config["spec"]),
+                                    tags_fn=lambda trial: {"fsrf.variant": trial.config["spec"]["variant"]},
                                     artifacts=("metrics.json", "representations.npz"))
     print(f"robustness study {args.name}: {len(specs)} runs ({', '.join(variants)} x {args.seeds} seeds"
           f"{' + overlaps ' + args.overlaps if overlaps else ''}), {epochs} epochs each, {concurrent} at a time; "

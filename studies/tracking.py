@@ -132,9 +132,11 @@ class TrialTracker(tune.Callback):
     """
 
     def __init__(self, *, uri: str, experiment_id: str, parent_run_id: str, base_params: dict[str, Any],
-                 tags: dict[str, str], max_epochs: int, name_fn=None, params_fn=None, artifacts: tuple[str, ...] = ()):
+                 tags: dict[str, str], max_epochs: int, name_fn=None, params_fn=None, tags_fn=None,
+                 artifacts: tuple[str, ...] = ()):
         self.uri, self.exp, self.parent = uri, experiment_id, parent_run_id
         self.name_fn, self.artifacts = name_fn or run_name, artifacts
+        self.tags_fn = tags_fn or (lambda trial: {})
         self.params_fn = params_fn or (lambda trial: {k: v for k, v in trial.config.items() if not isinstance(v, dict)})
         self.base_params, self.tags, self.max_epochs = base_params, tags, max_epochs
         self.runs: dict[str, str] = {}
@@ -158,7 +160,7 @@ class TrialTracker(tune.Callback):
         run_id = self._existing(trial.trial_id)
         if run_id is None:
             tags = {**self.tags, "mlflow.parentRunId": self.parent, "fsrf.trial_id": trial.trial_id,
-                    "fsrf.trial_index": str(trial_index(trial)), "fsrf.status": "RUNNING"}
+                    "fsrf.trial_index": str(trial_index(trial)), "fsrf.status": "RUNNING", **self.tags_fn(trial)}
             run = self.client.create_run(self.exp, run_name=self.name_fn(trial), tags=tags)
             run_id = run.info.run_id
         else:
