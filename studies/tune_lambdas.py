@@ -111,9 +111,10 @@ def main(argv=None) -> int:
     use_gpu = args.gpus_per_worker > 0
     if args.workers_per_trial:
         # The trial process only drives the TorchTrainer: a sliver of CPU; the workers hold the rest.
+        # Train V2 workers reserve their own resources (ScalingConfig), outside the trial's: reserving
+        # worker bundles here too would hold them twice and the worker group would never start.
         per_worker = max(0.1, args.cpus_per_trial - 0.1) / args.workers_per_trial
-        trial_resources = [{"CPU": 0.1}] + [{"CPU": per_worker, "GPU": args.gpus_per_worker}] * args.workers_per_trial
-        resources = tune.PlacementGroupFactory(trial_resources)
+        resources = {"cpu": 0.1}
     else:
         per_worker = args.cpus_per_trial
         resources = {"cpu": args.cpus_per_trial, "gpu": args.gpus_per_worker}

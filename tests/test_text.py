@@ -129,3 +129,22 @@ def test_tokenize_shapes(tiny_bert_dir):
     assert (mask == (np.arange(10)[None, :] < lengths[:, None])).all()  # right padding
     assert (ids[mask == 0] == 0).all() and (ids[:, 0] == 101).all()  # [PAD], [CLS]
     assert (ids[np.arange(len(TEXTS)), lengths - 1] == 102).all()  # [SEP] closes even a truncated text
+
+
+@pytest.mark.xfail(strict=True, reason="fsrf/text.py identity() hashes only the first MiB of each weights file: "
+                                       "two encoders in folders of the same name that differ beyond it share a "
+                                       "cache key (reported; remove this marker when fixed)")
+def test_cache_key_sees_weights_beyond_the_first_mebibyte(tiny_bert_dir, tmp_path):
+    from transformers import AutoModel
+
+    first, second = tmp_path / "a" / "bert", tmp_path / "b" / "bert"  # e.g. two checkpoints of one run
+    shutil.copytree(tiny_bert_dir, first)
+    shutil.copytree(tiny_bert_dir, second)
+    model = AutoModel.from_pretrained(second)
+    with torch.no_grad():
+        model.encoder.layer[-1].output.dense.weight.mul_(-1)  # stored after the 3.9 MB word embeddings
+    model.save_pretrained(second)
+    kw = dict(max_tokens=8, cache_dir=str(tmp_path / "cache"))
+    a, _ = text_mod.cached_states(TEXTS, encoder_path=str(first), **kw)
+    b, _ = text_mod.cached_states(TEXTS, encoder_path=str(second), **kw)
+    assert not np.array_equal(np.asarray(a), np.asarray(b))

@@ -8,6 +8,7 @@ are cached in ``$FSRF_CACHE`` (see conftest), so only the first session pays for
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import time
@@ -17,7 +18,7 @@ import pytest
 
 from fsrf.config import load_config
 from fsrf.missing import BURST_POINTS, INTRA_POINTS, TABLE_CONDITIONS
-from fsrf.train import HEADLINE, fit
+from fsrf.train import HEADLINE, build_model, evaluate, fit, prepare
 
 ROOT = Path(__file__).resolve().parents[1]
 MOSI_CSV = ROOT.parent / "shared" / "data" / "mosi" / "label.csv"  # not shipped: see shared/data/README.md
@@ -69,7 +70,8 @@ def test_cli_smoke_test_writes_every_protocol_metric(tmp_path, run_cli):
     for c in TABLE_CONDITIONS:  # the headline names of SPEC section 6, spelled out
         assert f"test/{HEADLINE}/{c}" in result["test"]
     assert f"test/{HEADLINE}/intra_0.3" in result["test"] and f"val/{HEADLINE}/avg_missing" in result["val"]
-    assert result["modalities"] == ["l", "a", "v"] and result["notes"] == []
+    assert result["modalities"] == ["l", "a", "v"]
+    assert not any(n.startswith("data has only") for n in result["notes"])
     assert result["epochs_run"] == len(result["history"]) == 2 and 0 <= result["best_epoch"] < 2
     assert result["config"]["data.size_scale"] == 0.05 and result["config"]["loss.lambda1"] == 0.2
     assert all(math.isfinite(h["train/total"]) for h in result["history"])
@@ -132,6 +134,42 @@ def test_pinned_regression_values(tiny_run):
         assert observed[key] == pytest.approx(value, rel=1e-4), (key, observed)
 
 
+def test_the_best_validation_epoch_is_selected_and_tested():
+    """Checkpoint selection (module docstring): the first epoch with the best val objective; its weights,
+    not the last epoch's, give the test metrics."""
+    cfg = load_config(None, ["data.size_scale=0.1", "train.epochs=4", "model.width=16", "model.seq_width=8",
+                             "train.threads=1"])
+    weights = {}
+    result = fit(cfg, log=quiet, report=lambda e, m, state: weights.__setitem__(e, copy.deepcopy(state()["model"])))
+    assert sorted(weights) == [0, 1, 2, 3]
+    objective = [h[f"val/{HEADLINE}/objective"] for h in result.history]
+    assert result.best_epoch == objective.index(max(objective))
+    # measured objective 0.23, 0.45, 0.45, 0.45: the best is not simply the last epoch, so this can fail
+    assert result.best_epoch < len(objective) - 1, f"retune this test: objective {objective}"
+    assert result.val[f"val/{HEADLINE}/objective"] == max(objective)
+    model = build_model(cfg, result.prepared)
+    model.load_state_dict(weights[result.best_epoch])
+    again = evaluate(model, result.prepared.splits["test"], modalities=result.prepared.modalities,
+                     mask_seed=cfg.eval.mask_seed, batch_size=cfg.eval.batch_size, prefix="test")
+    assert again == result.test
+
+
+@pytest.mark.parametrize("dropout", [
+    0.0,
+    pytest.param(0.1, marks=pytest.mark.xfail(strict=True, reason=(
+        "fit()'s checkpoint lacks the global torch RNG that dropout draws from, and seed_everything resets it "
+        "on resume (reported; remove this marker when fixed)"))),
+])
+def test_resume_from_a_checkpoint_continues_the_same_run(dropout):
+    cfg = load_config(None, TINY + ["train.epochs=3", f"model.dropout={dropout}"])
+    prep = prepare(cfg)
+    states = {}
+    whole = fit(cfg, prep=prep, log=quiet, report=lambda e, m, state: states.__setitem__(e, copy.deepcopy(state())))
+    resumed = fit(cfg, prep=prep, log=quiet, resume=states[0])
+    assert [h["train/total"] for h in resumed.history] == [h["train/total"] for h in whole.history]
+    assert resumed.test == whole.test
+
+
 # ------------------------------------------------------------------------------------------------
 # (f) ablations
 
@@ -189,7 +227,8 @@ def test_cli_text_only_evaluates_l_intra_and_burst_and_says_so(tmp_path, run_cli
     _write_transcripts(csv)
     out = tmp_path / "run"
     proc = run_cli("train.py", "--set", "data.source=transcripts", "--set", f"data.path={csv}",
-                   "--set", "train.epochs=5", "--set", "train.batch_size=8", "--set", "model.width=32",
+                   "--set", "train.epochs=10", "--set", "train.batch_size=8", "--set", "train.lr=3e-3",
+                   "--set", "model.width=32",
                    "--output", str(out))
     assert proc.returncode == 0, proc.stderr
     result = json.loads((out / "metrics.json").read_text())
@@ -197,10 +236,11 @@ def test_cli_text_only_evaluates_l_intra_and_burst_and_says_so(tmp_path, run_cli
     check_protocol_metrics(result["test"], "test", TEXT_CONDITIONS)
     check_protocol_metrics(result["val"], "val", TEXT_CONDITIONS)
     assert not any(k.endswith(("/lav", "/a", "/avg_missing")) for k in result["test"])
-    assert len(result["notes"]) == 1 and "only l" in result["notes"][0]
-    assert f"note: {result['notes'][0]}" in proc.stdout
+    only = [n for n in result["notes"] if n.startswith("data has only l:")]
+    assert len(only) == 1 and "not evaluated" in only[0]
+    assert f"note: {only[0]}" in proc.stdout
     assert "l " in proc.stdout and "lav" not in proc.stdout.splitlines()[-3]
-    # MiniLM separates these sentences almost at once (measured: test l Non0 F1 1.0)
+    # MiniLM separates these sentences (measured: test l Non0 F1 1.0 for seeds 0-2; a constant: 0.33)
     assert result["test"][f"test/{HEADLINE}/l"] > 0.8
 
 
@@ -211,7 +251,8 @@ def test_cli_text_only_evaluates_l_intra_and_burst_and_says_so(tmp_path, run_cli
 @pytest.mark.slow
 @pytest.mark.skipif(not MOSI_CSV.is_file(), reason=f"real MOSI transcripts not found at {MOSI_CSV}")
 def test_real_mosi_transcripts_with_frozen_minilm():
-    """Measured (seed 0): test l Non0 F1 XXX in XXX s (MiniLM states cached; first encoding ~XXX s more)."""
+    """Measured (seed 0): test l Non0 F1 0.799 (seed 1: 0.782) in 7 s of training on 2 CPU cores; encoding
+    the 2195 utterances with MiniLM takes ~30 s more once, then the states come from the cache."""
     cfg = load_config(None, ["data.source=transcripts", f"data.path={MOSI_CSV}", "train.epochs=6",
                              "model.width=64", "train.threads=1"])
     start = time.time()

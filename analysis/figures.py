@@ -1,0 +1,182 @@
+"""The report's figures, drawn with matplotlib from the tables of ``robustness``, ``tables``, ``tuning``
+and ``probe``; each is saved as PNG and SVG.
+
+Figures are built as ``matplotlib.figure.Figure`` objects, not through ``pyplot``: no global figure
+registry to leak memory in a long session and no GUI backend to pick; PNGs render with Agg.
+A variant keeps its colour in every figure.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+from matplotlib.figure import Figure
+
+from analysis.load import VARIANT_ORDER, ordered_variants
+from analysis.tables import PERCENT, condition_label, variant_name
+
+_COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#7f7f7f", "#ff7f0e", "#8c564b", "#e377c2")
+DPI = 110
+
+
+def color(variant: str) -> str:
+    # Not hash(): str hashes are salted per process and a variant must keep its colour between reports.
+    i = VARIANT_ORDER.index(variant) if variant in VARIANT_ORDER else len(VARIANT_ORDER) + sum(map(ord, variant)) % 3
+    return _COLORS[i]
+
+
+def _scale(metric: str) -> tuple[float, str]:
+    return (100.0, f"{metric} (%)") if metric in PERCENT else (1.0, metric)
+
+
+def save(fig: Figure, folder: str | Path, name: str) -> list[Path]:
+    """Write ``<name>.png`` and ``<name>.svg``; metadata without dates so reruns give identical files."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    png, svg = folder / f"{name}.png", folder / f"{name}.svg"
+    fig.savefig(png, format="png", dpi=DPI, metadata={"Software": None})
+    fig.savefig(svg, format="svg", metadata={"Date": None, "Creator": None})
+    return [png, svg]
+
+
+def curves_figure(curves: pl.DataFrame, *, metric: str = "Non0_F1_score") -> Figure:
+    """Fig. 2: score against the intra-modality missing ratio p, mean over seeds with a +-1 std band."""
+    scale, ylabel = _scale(metric)
+    fig = Figure(figsize=(7.0, 4.2), layout="constrained")
+    ax = fig.subplots()
+    for variant in ordered_variants(curves["variant"].to_list()):
+        c = curves.filter(pl.col("variant") == variant).sort("p")
+        p, m = c["p"].to_numpy(), c["mean"].to_numpy() * scale
+        s = c["std"].fill_null(0.0).to_numpy() * scale
+        n = c["n"][0]
+        ax.plot(p, m, marker="o", ms=3.5, color=color(variant), label=f"{variant_name(variant)} (n={n})")
+        ax.fill_between(p, m - s, m + s, color=color(variant), alpha=0.18, linewidth=0)
+    ax.set_xlabel("intra-modality missing ratio p (p = 0: complete modalities)")
+    ax.set_ylabel(ylabel)
+    ax.set_xticks(np.round(np.arange(0, 1.01, 0.1), 1))
+    ax.set_xlim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(frameon=False, fontsize=9)
+    ax.set_title("Robustness to intra-modality missingness (mean ± 1 std over seeds)", fontsize=10)
+    return fig
+
+
+def table1_figure(t1: pl.DataFrame) -> Figure:
+    """Table I as grouped bars: one group per condition, one bar per variant, error bar 1 std."""
+    metric = t1["metric"][0]
+    scale, ylabel = _scale(metric)
+    conds = list(dict.fromkeys(t1["condition"].to_list()))
+    variants = ordered_variants(t1["variant"].to_list())
+    width = 0.8 / max(1, len(variants))
+    fig = Figure(figsize=(max(5.0, 1.0 + 0.9 * len(conds)), 3.8), layout="constrained")
+    ax = fig.subplots()
+    x = np.arange(len(conds))
+    for i, variant in enumerate(variants):
+        rows = {r["condition"]: r for r in t1.filter(pl.col("variant") == variant).iter_rows(named=True)}
+        means = [rows[c]["mean"] * scale if c in rows else math.nan for c in conds]
+        stds = [(rows[c]["std"] or 0.0) * scale if c in rows else 0.0 for c in conds]
+        ax.bar(x + (i - (len(variants) - 1) / 2) * width, means, width, yerr=stds, capsize=2,
+               color=color(variant), label=variant_name(variant))
+    top = float(np.nanmax([(r["mean"] + (r["std"] or 0.0)) * scale for r in t1.iter_rows(named=True)]))
+    ax.set_ylim(0, top * 1.06)  # room for the error bars of the best bar
+    ax.set_xticks(x, [condition_label(c) for c in conds])
+    ax.set_ylabel(ylabel)
+    ax.set_xlabel("test condition (present modalities)")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(frameon=False, fontsize=8, ncols=min(len(variants), 5), loc="lower center",
+              bbox_to_anchor=(0.5, 1.0))
+    return fig
+
+
+def best_so_far_figure(bsf: pl.DataFrame) -> Figure:
+    """Tuning: each trial's objective (dots) and the best so far (step line) against the trial count."""
+    fig = Figure(figsize=(6.0, 3.6), layout="constrained")
+    ax = fig.subplots()
+    ax.scatter(bsf["trial"].to_numpy(), bsf["objective"].cast(pl.Float64).to_numpy(), s=14, color="#7f7f7f",
+               label="trial")
+    ax.step(bsf["trial"].to_numpy(), bsf["best"].cast(pl.Float64).to_numpy(), where="post", color="#1f77b4",
+            label="best so far")
+    ax.set_xlabel("trials run")
+    ax.set_ylabel("validation objective (mean F1)")
+    ax.grid(alpha=0.3)
+    ax.legend(frameon=False, fontsize=9)
+    return fig
+
+
+def importance_figure(importances: dict[str, float]) -> Figure:
+    """Tuning: fANOVA importance per searched param, largest on top."""
+    names = list(importances)[::-1]
+    fig = Figure(figsize=(6.0, 0.8 + 0.32 * len(names)), layout="constrained")
+    ax = fig.subplots()
+    ax.barh(names, [importances[n] for n in names], color="#1f77b4")
+    ax.set_xlabel("fANOVA importance (share of the objective's variance)")
+    ax.set_xlim(0, max(1e-9, max(importances.values())) * 1.1)
+    ax.grid(axis="x", alpha=0.3)
+    return fig
+
+
+def parallel_figure(matrix: np.ndarray, names: list[str], ticks: list, objective: np.ndarray) -> Figure:
+    """Tuning: parallel coordinates, one normalised axis per searched param and the objective last;
+    lines coloured by the objective (the best trials drawn on top)."""
+    import matplotlib as mpl
+
+    fig = Figure(figsize=(max(6.0, 1.1 * len(names)), 4.2), layout="constrained")
+    ax = fig.subplots()
+    norm = mpl.colors.Normalize(vmin=float(np.min(objective)), vmax=float(np.max(objective)))
+    cmap = mpl.colormaps["viridis"]
+    x = np.arange(len(names))
+    for i in np.argsort(objective):
+        ax.plot(x, matrix[i], color=cmap(norm(objective[i])), alpha=0.8, lw=1.2)
+    for j, axis_ticks in enumerate(ticks):
+        ax.axvline(j, color="black", lw=0.6)
+        for pos, text in axis_ticks:
+            ax.text(j + 0.03, pos, text, fontsize=7, va="center")
+    ax.set_xticks(x, names, rotation=30, ha="right", fontsize=8)
+    ax.set_yticks([])
+    ax.set_ylim(-0.05, 1.05)
+    ax.set_xlim(-0.2, len(names) - 0.6)
+    fig.colorbar(mpl.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, label="objective")
+    return fig
+
+
+def embedding_figure(embeddings: dict[str, np.ndarray], labels: np.ndarray, *, method: str = "pca") -> Figure:
+    """Fig. 3: one panel per representation (R_ho, R_he, R_n), points coloured by sentiment label."""
+    import matplotlib as mpl
+
+    fig = Figure(figsize=(4.0 * len(embeddings) + 0.8, 3.9), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(embeddings)))
+    norm = mpl.colors.Normalize(vmin=-3, vmax=3)
+    for ax, (name, xy) in zip(axes, embeddings.items()):
+        sc = ax.scatter(xy[:, 0], xy[:, 1], c=labels, cmap="coolwarm", norm=norm, s=7, alpha=0.8, linewidths=0)
+        ax.set_title(name)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_xlabel(f"{method.upper()} 1")
+        ax.set_ylabel(f"{method.upper()} 2")
+    fig.colorbar(sc, ax=list(axes), label="sentiment label (-3 negative .. +3 positive)", shrink=0.9)
+    return fig
+
+
+def overlap_figure(study: pl.DataFrame, *, metric: str = "Non0_F1_score") -> Figure:
+    """Overlap study: FSRF's avg_missing score (mean +- std) against the MRM overlap setting; the
+    independent-views runs (overlap None), when present, as a horizontal reference band."""
+    scale, ylabel = _scale(metric)
+    fig = Figure(figsize=(6.0, 3.8), layout="constrained")
+    ax = fig.subplots()
+    swept = study.filter(pl.col("overlap").is_not_null())
+    ax.errorbar(swept["overlap"].to_numpy(), swept["mean"].to_numpy() * scale,
+                yerr=swept["std"].fill_null(0.0).to_numpy() * scale, marker="o", capsize=3, color=color("fsrf"),
+                label="FSRF, overlap o")
+    ref = study.filter(pl.col("overlap").is_null())
+    if ref.height:
+        m, s = ref["mean"][0] * scale, (ref["std"][0] or 0.0) * scale
+        ax.axhline(m, color="#7f7f7f", ls="--", label=f"independent views (n={ref['n'][0]})")
+        ax.axhspan(m - s, m + s, color="#7f7f7f", alpha=0.15, lw=0)
+    ax.set_xlabel("overlap o = P(both MRM views drop the same modality set)")
+    ax.set_ylabel(f"avg_missing {ylabel}")
+    ax.grid(alpha=0.3)
+    ax.legend(frameon=False, fontsize=9)
+    return fig

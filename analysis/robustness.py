@@ -1,0 +1,127 @@
+"""Robustness curves (the paper's Fig. 2), their MultiBench summaries, and the paired-mask overlap study.
+
+A curve is f(p) for p = 0, 0.1, ..., 1.0 (SPEC section 5): f(p) for p > 0 is the score under the
+intra-modality condition ``intra_p`` (every available modality loses each frame with probability p),
+and f(0) is the complete-modality score ``lav`` (``l`` for text-only data, whose only modality is
+language). The summaries come from ``fsrf.metrics``: ``relative_robustness`` (trapezoid area under f),
+``effective_robustness`` (what is kept beyond the late-fusion baseline shifted to the same clean
+score) and ``minmax_normalise`` across the compared variants.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import polars as pl
+
+from analysis.load import BASELINE, ordered_variants
+from analysis.tables import complete_condition
+from fsrf.metrics import effective_robustness, minmax_normalise, relative_robustness
+from fsrf.missing import INTRA_POINTS, intra_name
+
+P_GRID = (0.0, *INTRA_POINTS)  # the 11 points of a curve
+
+
+def curve_columns(df: pl.DataFrame, metric: str = "Non0_F1_score") -> list[str]:
+    """The wide table's columns of the 11 curve points, p = 0 first."""
+    return [f"test/{metric}/{complete_condition(df, metric)}"] + [f"test/{metric}/{intra_name(p)}" for p in INTRA_POINTS]
+
+
+def seed_curves(df: pl.DataFrame, metric: str = "Non0_F1_score") -> dict[str, np.ndarray]:
+    """Per variant, the (n_seeds, 11) curves of the runs that have all 11 points (others are skipped:
+    a curve with a hole has no area)."""
+    cols = curve_columns(df, metric)
+    missing = [c for c in cols if c not in df.columns]
+    if missing:
+        raise ValueError(f"the runs lack curve column(s) {', '.join(missing)}")
+    out = {}
+    for variant in ordered_variants(df["variant"].to_list()):
+        x = df.filter(pl.col("variant") == variant).select(cols).to_numpy().astype(np.float64)  # (n, 11)
+        x = x[np.isfinite(x).all(axis=1)]
+        if len(x):
+            out[variant] = x
+    return out
+
+
+def curves(df: pl.DataFrame, metric: str = "Non0_F1_score") -> pl.DataFrame:
+    """Mean and std (ddof=1; null with a single seed) over seeds of f(p), per variant and p.
+
+    Columns: variant, p, mean, std, n. Pass ``main_runs(df)`` when the runs include an overlap sweep.
+    """
+    rows = []
+    for variant, x in seed_curves(df, metric).items():
+        std = x.std(axis=0, ddof=1) if len(x) > 1 else np.full(x.shape[1], np.nan)
+        for p, m, s in zip(P_GRID, x.mean(axis=0), std):
+            rows.append({"variant": variant, "p": p, "mean": float(m),
+                         "std": None if math.isnan(s) else float(s), "n": len(x)})
+    return pl.DataFrame(rows, schema={"variant": pl.String, "p": pl.Float64, "mean": pl.Float64,
+                                      "std": pl.Float64, "n": pl.Int64})
+
+
+def _mean_std(values: list[float]) -> tuple[float, float | None]:
+    a = np.asarray(values, dtype=np.float64)
+    return float(a.mean()), (float(a.std(ddof=1)) if a.size > 1 else None)
+
+
+def robustness_summary(df: pl.DataFrame, metric: str = "Non0_F1_score", *, baseline: str = BASELINE) -> pl.DataFrame:
+    """Per variant: area under the curve and effective robustness, raw and (>= 3 variants) normalised.
+
+    - ``auc``: ``relative_robustness`` of the mean curve; ``auc_seed_mean``/``auc_seed_std``: the same
+      per seed, then mean and std (they measure the spread; the trapezoid is linear, so the seed mean
+      equals ``auc``).
+    - ``effective``: ``effective_robustness`` of the mean curve against the baseline's mean curve
+      (null when the baseline variant is absent; 0 for the baseline itself); ``effective_seed_*`` per
+      seed against the baseline's mean curve.
+    - ``auc_norm``, ``effective_norm``: ``minmax_normalise`` across the variants, only with three or
+      more variants (MultiBench's convention; with two the result would be just 0 and 1).
+    """
+    per_seed = seed_curves(df, metric)
+    base = per_seed[baseline].mean(axis=0) if baseline in per_seed else None
+    rows = []
+    for variant, x in per_seed.items():
+        mean_curve = x.mean(axis=0)
+        auc_seed = [relative_robustness(c) for c in x]
+        row = {"variant": variant, "n": len(x), "auc": relative_robustness(mean_curve)}
+        row["auc_seed_mean"], row["auc_seed_std"] = _mean_std(auc_seed)
+        if base is not None:
+            row["effective"] = effective_robustness(mean_curve, base)
+            row["effective_seed_mean"], row["effective_seed_std"] = _mean_std(
+                [effective_robustness(c, base) for c in x])
+        rows.append(row)
+    schema = {"variant": pl.String, "n": pl.Int64, "auc": pl.Float64, "auc_seed_mean": pl.Float64,
+              "auc_seed_std": pl.Float64, "effective": pl.Float64, "effective_seed_mean": pl.Float64,
+              "effective_seed_std": pl.Float64}
+    out = pl.DataFrame(rows, schema=schema)
+    norm_schema = {"auc_norm": pl.Float64, "effective_norm": pl.Float64}
+    if out.height >= 3:
+        auc_norm = minmax_normalise(dict(zip(out["variant"], out["auc"])))
+        eff = (minmax_normalise(dict(zip(out["variant"], out["effective"])))
+               if base is not None else {v: None for v in out["variant"]})
+        out = out.with_columns(auc_norm=pl.Series([auc_norm[v] for v in out["variant"]], dtype=pl.Float64),
+                               effective_norm=pl.Series([eff[v] for v in out["variant"]], dtype=pl.Float64))
+    else:
+        out = out.with_columns([pl.lit(None, dtype=t).alias(k) for k, t in norm_schema.items()])
+    return out
+
+
+def overlap_study(df: pl.DataFrame, metric: str = "Non0_F1_score", *, condition: str = "avg_missing",
+                  variant: str = "fsrf") -> pl.DataFrame:
+    """Mean and std over seeds of FSRF's ``avg_missing`` score against the MRM ``overlap`` setting.
+
+    ``overlap`` = o makes the two training views drop the same modality set with probability o
+    (``fsrf.missing.sample_presence``). Only runs with a numeric overlap are the study; FSRF runs with
+    independent views (null) are returned as one extra row with a null ``overlap``, the reference the
+    paper uses. Columns: overlap, mean, std, n; empty when no run has a numeric overlap.
+    """
+    col = f"test/{metric}/{condition}"
+    schema = {"overlap": pl.Float64, "mean": pl.Float64, "std": pl.Float64, "n": pl.Int64}
+    if col not in df.columns:
+        return pl.DataFrame(schema=schema)
+    rows = df.filter((pl.col("variant") == variant) & pl.col(col).is_not_null() & pl.col(col).is_not_nan())
+    if rows["overlap"].null_count() == rows.height:
+        return pl.DataFrame(schema=schema)
+    return (rows.group_by("overlap")
+            .agg(mean=pl.col(col).mean(), std=pl.col(col).std(ddof=1), n=pl.len().cast(pl.Int64))
+            .select(list(schema)).cast(schema)
+            .sort("overlap", nulls_last=True))

@@ -1,0 +1,497 @@
+"""The report's page: one function per section, each turning tables and figures into HTML with the
+short explanation a reader needs, its measured numbers written in.
+
+A section whose input is missing is replaced by a one-line note (``Report.omitted``). Figures and tables
+are written into the report folder as they are made (PNG and SVG; CSV, Markdown, LaTeX), and the PNG
+written there is the one embedded in the page as base64, so the page and the files always agree.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import html
+import json
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from analysis import figures, load, probe, robustness, tables, tuning
+from fsrf.errors import InputError
+
+VERSIONED = ("torch", "ray", "mlflow", "optuna", "polars", "pot", "fsrf", "numpy", "scipy", "scikit-learn",
+             "matplotlib")
+HEADLINE = "Non0_F1_score"
+VARIANT_TEXT = {
+    "fsrf": "FSRF (the full model)",
+    "no_dhf": "w/o DHF (no homo/heterogeneous factorisation)",
+    "no_das": "w/o DAS (no self-distillation between the two MRM views)",
+    "no_noise": "w/o noise (no noise representation R_n)",
+    "late_fusion": "Late fusion (trained on complete data only, without MRM: the complete-modality baseline)",
+}
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """What a report is built from; everything but ``runs`` is optional and its section is omitted without."""
+
+    runs: pl.DataFrame  # the wide table (analysis.load)
+    source: str  # where the runs came from, for the page: a run id or a parquet path
+    config: load.StudyConfig | None = None
+    representations: list[load.Representations] | None = None  # None: not read (no MLflow run)
+    study: load.TuningStudy | None = None
+
+
+def esc(x) -> str:
+    return html.escape(str(x))
+
+
+def pct(x: float | None, metric: str = HEADLINE) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "n/a"
+    return f"{100 * x:.2f}" if metric in tables.PERCENT else f"{x:.4f}"
+
+
+def num(x: float | None, digits: int = 3) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "n/a"
+    return f"{round(x, digits) + 0.0:.{digits}f}"  # + 0.0: no "-0.000" for a rounding residue
+
+
+def pval(p: float | None) -> str:
+    return "n/a" if p is None else (f"{p:.2g}" if p >= 1e-3 else f"{p:.1e}")
+
+
+def frame_html(df: pl.DataFrame, *, table_id: str = "", digits: int = 4) -> str:
+    head = "".join(f"<th>{esc(c)}</th>" for c in df.columns)
+    body = []
+    for row in df.iter_rows():
+        cells = []
+        for v in row:
+            if isinstance(v, float):
+                v = num(v, digits)
+            cells.append(f"<td>{esc('' if v is None else v)}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    ident = f' id="{esc(table_id)}"' if table_id else ""
+    return f"<table{ident}><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def kv_html(items: dict, *, table_id: str = "") -> str:
+    return frame_html(pl.DataFrame({"name": list(map(str, items)), "value": [str(v) for v in items.values()]},
+                                   schema={"name": pl.String, "value": pl.String}), table_id=table_id)
+
+
+@dataclass
+class Report:
+    """Collects sections and writes figures and tables into the (temporary) out folder as it goes."""
+
+    folder: Path
+    sections: list[tuple[str, str, str]] = field(default_factory=list)  # (id, title, inner HTML)
+    files: list[str] = field(default_factory=list)
+
+    def section(self, ident: str, title: str, *parts: str) -> None:
+        self.sections.append((ident, title, "\n".join(p for p in parts if p)))
+
+    def omitted(self, ident: str, title: str, why: str) -> None:
+        self.sections.append((ident, title, f'<p class="note">Omitted: {esc(why)}</p>'))
+
+    def figure(self, fig, name: str, caption: str) -> str:
+        png, svg = figures.save(fig, self.folder / "figures", name)
+        self.files += [png.name, svg.name]
+        b64 = base64.b64encode(png.read_bytes()).decode("ascii")  # the same PNG, not a second rendering
+        return (f'<figure id="fig-{name}"><img alt="{esc(caption)}" src="data:image/png;base64,{b64}">'
+                f"<figcaption>{esc(caption)}</figcaption></figure>")
+
+    def table(self, t: pl.DataFrame, name: str, *, key: str = "condition", caption: str = "") -> str:
+        folder = self.folder / "tables"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{name}.csv").write_text(tables.to_csv(t))
+        (folder / f"{name}.md").write_text(tables.to_markdown(t, key=key))
+        (folder / f"{name}.tex").write_text(tables.to_latex(t, key=key, caption=caption))
+        self.files += [f"{name}.csv", f"{name}.md", f"{name}.tex"]
+        return tables.to_html(t, key=key, table_id=f"table-{name}")
+
+    def csv(self, df: pl.DataFrame, name: str) -> None:
+        folder = self.folder / "tables"
+        folder.mkdir(parents=True, exist_ok=True)
+        df.write_csv(folder / f"{name}.csv")
+        self.files.append(f"{name}.csv")
+
+
+# -- sections -------------------------------------------------------------------------------------------
+
+def conditions_text(text_only: bool) -> str:
+    if text_only:
+        return ("<p>The data are <b>text-only</b>: language is the only modality, so the inter-modality "
+                "conditions reduce to <code>{l}</code> (the complete input); the intra-modality conditions drop "
+                "tokens of the text.</p>")
+    return (
+        "<p>Every model is scored on the <b>test split</b> under fixed test conditions; a condition's random "
+        "mask is fixed by its mask seed, so the variants are compared on the same masks.</p><ul>"
+        "<li><b>Inter-modality missingness</b> (Table I): the braces list the modalities that are <i>present</i> "
+        "(l = language, a = audio, v = visual); an absent modality is replaced by zeros. <code>{l,a,v}</code> is "
+        "the complete input; <b>Avg. (missing)</b> is the mean over the six incomplete conditions.</li>"
+        "<li><b>Intra-modality missingness</b> (the curves, Fig. 2): each frame (token) of every modality is "
+        "dropped independently with probability p = 0.1 .. 1.0; p = 1 drops everything.</li></ul>")
+
+
+def table1_section(rep: Report, main: pl.DataFrame, metric: str, *, ident: str = "table1", headline: bool = True) -> dict:
+    t1 = tables.table1(main, metric)
+    if t1.height == 0:
+        rep.omitted(ident, f"Table I ({metric})", f"no test/{metric}/<condition> values for the Table I conditions")
+        return {}
+    html_table = rep.table(t1, f"table1_{metric}", caption=f"Table I: {metric} under inter-modality missingness")
+    pv = tables.p_values(t1)
+    if pv.height:
+        rep.csv(pv, f"table1_{metric}_pvalues")
+    n_seeds = ", ".join(f"{tables.variant_name(v)} {n}" for v, n in
+                        t1.group_by("variant", maintain_order=True).agg(pl.col("n").max()).iter_rows())
+    cond = "avg_missing" if "avg_missing" in t1["condition"].to_list() else t1["condition"][0]
+    row = {r["variant"]: r for r in t1.filter(pl.col("condition") == cond).iter_rows(named=True)}
+    facts = []
+    if "fsrf" in row:
+        facts.append(f"On <b>{esc(tables.condition_label(cond))}</b> FSRF scores {pct(row['fsrf']['mean'], metric)} "
+                     f"± {pct(row['fsrf']['std'], metric)}")
+        for v, r in row.items():
+            if v == "fsrf":
+                continue
+            verdict = "a significant difference" if r["star"] else "not a significant difference"
+            facts.append(f"{esc(tables.variant_name(v))} {pct(r['mean'], metric)} ± {pct(r['std'], metric)} "
+                         f"(Welch p = {pval(r['p_value'])}: {verdict})")
+    n_star = int(t1["star"].sum())
+    n_tests = int(t1["p_value"].is_not_null().sum())
+    unit = " in percent" if metric in tables.PERCENT else ""
+    text = (
+        f"<p>Each cell is the mean ± standard deviation (ddof = 1) over seeds of the test <code>{esc(metric)}</code>"
+        f"{unit}; seeds per variant: {esc(n_seeds)}. <b>Bold</b> marks the best mean in each column. "
+        "<b>*</b> marks a variant whose scores differ from FSRF's under Welch's two-sided t-test (unequal "
+        "variances) with p &lt; 0.05. The paper compares FSRF with one baseline and stars FSRF's row; here each "
+        "variant is compared with FSRF, so the star sits on the compared variant and FSRF's row has none. "
+        f"{n_star} of {n_tests} comparisons are significant. Hover a cell for its p-value; all p-values are "
+        f"in <code>table1_{esc(metric)}_pvalues.csv</code>.</p>")
+    if facts:
+        text += "<p>" + "; ".join(facts) + ".</p>"
+    title = f"Table I: inter-modality missingness ({metric})"
+    rep.section(ident, title, text, html_table,
+                "<h3>Welch p-values against FSRF</h3>" + frame_html(pv, table_id=f"pvalues-{metric}") if pv.height else "")
+    if headline and t1["condition"].n_unique() > 1:
+        rep.section(f"{ident}-bars", "Table I as bars",
+                    rep.figure(figures.table1_figure(t1), f"table1_bars_{metric}",
+                               f"Table I ({metric}): mean over seeds per condition, error bars ±1 std"))
+    return {"t1": t1, "cond": cond, "row": row}
+
+
+def curves_section(rep: Report, main: pl.DataFrame, metric: str, complete: str) -> pl.DataFrame | None:
+    try:
+        cv = robustness.curves(main, metric)
+        summary = robustness.robustness_summary(main, metric)
+    except ValueError as err:
+        rep.omitted("curves", "Robustness curves (Fig. 2)", str(err))
+        return None
+    if cv.height == 0:
+        rep.omitted("curves", "Robustness curves (Fig. 2)", "no run has all 11 curve points")
+        return None
+    rep.csv(cv, f"curves_{metric}")
+    rep.csv(summary, f"robustness_{metric}")
+    fig = rep.figure(figures.curves_figure(cv, metric=metric), "curves",
+                     f"{metric} against the intra-modality missing ratio p; band: ±1 std over seeds")
+    has_base = summary["effective"].null_count() < summary.height
+    lines = []
+    for r in summary.iter_rows(named=True):
+        s = (f"{esc(tables.variant_name(r['variant']))}: AUC {num(r['auc'])} "
+             f"(per seed {num(r['auc_seed_mean'])} ± {num(r['auc_seed_std'])})")
+        if r["effective"] is not None:
+            s += f", effective robustness {num(r['effective'])} (per seed ± {num(r['effective_seed_std'])})"
+        lines.append(s)
+    show = summary.select(["variant", "n", "auc", "auc_seed_std", "effective", "effective_seed_std",
+                           "auc_norm", "effective_norm"])
+    start = "the complete-modality score (<code>" + esc(complete) + "</code>)"
+    text = (
+        f"<p>Each line is the mean over seeds of the test <code>{esc(metric)}</code> at missing ratio p, with p = 0 "
+        f"being {start}; the band is ±1 standard deviation over seeds. A flatter curve means a model loses less "
+        "as frames go missing.</p>"
+        "<p><b>AUC</b> (MultiBench's relative robustness) is the trapezoid area under the mean curve over "
+        "p in [0, 1] with step 0.1, on the metric's own scale (a model keeping a score of 1.0 at every p would "
+        "score 1.0). "
+        + ("<b>Effective robustness</b> is the sum over the 11 points of f(p) − (b(p) + f(0) − b(0)), where b is "
+           "the late-fusion baseline's mean curve: the baseline is shifted to start at the variant's clean score, "
+           "and what the variant keeps beyond it is added up; positive means it degrades more slowly than the "
+           "baseline (the baseline itself scores 0). " if has_base else
+           "Effective robustness needs the late-fusion baseline, which this study did not run. ")
+        + ("With three or more variants both figures are also max-min normalised across them "
+           "(<code>*_norm</code>: best 1, worst 0), as MultiBench reports them. " if summary.height >= 3 else "")
+        + "</p><p>" + "; ".join(lines) + ".</p>")
+    rep.section("curves", "Robustness curves (Fig. 2) and robustness figures", fig, text,
+                frame_html(show, table_id="robustness-summary"))
+    return summary
+
+
+def table2_section(rep: Report, main: pl.DataFrame, metric: str) -> None:
+    t2 = tables.table2(main, metric)
+    if t2.height == 0 or t2["variant"].n_unique() < 1:
+        rep.omitted("table2", "Table II: ablations", "no FSRF or ablation runs")
+        return
+    html_table = rep.table(t2, f"table2_{metric}", key="column", caption=f"Table II: ablations ({metric})")
+    cols = ", ".join(f"<b>{esc(lab)}</b> = <code>{esc(c)}</code>" for lab, c in
+                     dict(zip(t2["column"], t2["condition"])).items())
+    fs = {r["column"]: r for r in t2.filter(pl.col("variant") == "fsrf").iter_rows(named=True)}
+    drops = []
+    for r in t2.filter(pl.col("variant") != "fsrf").iter_rows(named=True):
+        if r["column"] in fs:
+            d = r["mean"] - fs[r["column"]]["mean"]
+            drops.append(f"{esc(tables.variant_name(r['variant']))} {esc(r['column'])}: {pct(d, metric)} "
+                         f"against FSRF (p = {pval(r['p_value'])})")
+    meaning = {"Intra-MM": "the mean of the ten intra-curve points", "CM": "the complete input",
+               "Inter-MM": "the mean of the six incomplete Table I conditions"}
+    ablations = [VARIANT_TEXT[v] for v in t2["variant"].unique(maintain_order=True) if v != "fsrf" and v in VARIANT_TEXT]
+    text = (f"<p>FSRF against its ablations ({'; '.join(ablations) or 'none were run'}). Columns: {cols}; "
+            + ", ".join(f"{lab} is {meaning[lab]}" for lab in t2["column"].unique(maintain_order=True))
+            + ". Cells as in Table I (mean ± std over seeds, * p &lt; 0.05 against FSRF). The late-fusion "
+            "baseline is not an ablation and is left out.</p>")
+    if drops:
+        text += "<p>Differences of the means: " + "; ".join(drops) + ".</p>"
+    rep.section("table2", "Table II: ablations", text, html_table)
+
+
+def overlap_section(rep: Report, runs: pl.DataFrame, metric: str) -> None:
+    study = robustness.overlap_study(runs, metric)
+    if study.filter(pl.col("overlap").is_not_null()).height == 0:
+        rep.omitted("overlap", "Paired-mask overlap study", "no FSRF runs with a numeric missing.overlap setting")
+        return
+    rep.csv(study, f"overlap_{metric}")
+    fig = rep.figure(figures.overlap_figure(study, metric=metric), "overlap",
+                     "FSRF avg_missing score against the MRM overlap setting (mean ± std over seeds)")
+    swept = study.filter(pl.col("overlap").is_not_null())
+    best = swept.sort("mean", descending=True).row(0, named=True)
+    ref = study.filter(pl.col("overlap").is_null())
+    text = ("<p>MRM trains on two randomly incomplete views of each batch. The <code>overlap</code> setting o "
+            "makes both views drop the <i>same</i> set of modalities with probability o (o = 0: always different "
+            "sets, o = 1: always the same); the paper draws the views independently (dashed line, when run). "
+            "The paper leaves open whether distillation needs the views to differ; this plot measures it on "
+            "FSRF's avg_missing score.</p>"
+            f"<p>Best setting: o = {best['overlap']:g} with {pct(best['mean'], metric)} ± {pct(best['std'], metric)} "
+            f"(n = {best['n']})"
+            + (f"; independent views: {pct(ref['mean'][0], metric)} ± {pct(ref['std'][0], metric)} (n = {ref['n'][0]})"
+               if ref.height else "") + ".</p>")
+    shown = study.with_columns(pl.col("overlap").cast(pl.String).fill_null("independent (None)"))
+    rep.section("overlap", "Paired-mask overlap study", fig, text, frame_html(shown, table_id="overlap-table"))
+
+
+def probe_section(rep: Report, reps: list[load.Representations] | None, *, method: str) -> None:
+    title = "Factorization probe (Fig. 3)"
+    if reps is None:
+        rep.omitted("probe", title, "representations are read from MLflow; pass --robustness-run")
+        return
+    reps = [r for r in reps if r.variant == "fsrf"] or reps
+    if not reps:
+        rep.omitted("probe", title, "no child run has a representations.npz artifact")
+        return
+    scores = {}
+    for r in reps:
+        arrays = probe.check(r.arrays, f"run {r.run_id} representations.npz")
+        if "shared" in arrays:
+            for k, v in probe.factorization_probe(arrays).items():
+                scores.setdefault(k, []).append(v)
+    first = reps[0]
+    emb, labels = probe.embed_2d(first.arrays, method=method)
+    fig = rep.figure(figures.embedding_figure(emb, labels, method=method), "embedding",
+                     f"{method.upper()} of R_ho, R_he, R_n ({tables.variant_name(first.variant)}, seed {first.seed}) "
+                     "coloured by sentiment label")
+    parts = [fig]
+    if scores:
+        rows = [{"representation": k, "r2_mean": float(np.mean(v)),
+                 "r2_std": float(np.std(v, ddof=1)) if len(v) > 1 else None, "runs": len(v)} for k, v in scores.items()]
+        df = pl.DataFrame(rows, schema={"representation": pl.String, "r2_mean": pl.Float64, "r2_std": pl.Float64,
+                                        "runs": pl.Int64})
+        rep.csv(df, "probe_r2")
+        said = "; ".join(f"{r['representation']}: R² = {num(r['r2_mean'])}" for r in rows)
+        parts.append(
+            "<p>On synthetic data the generator's shared sentiment latent is known. A linear probe (ridge "
+            "regression, 5-fold cross-validated R², so 0 means no linearly recoverable information and 1 a perfect "
+            "linear read-out) predicts it from each representation of the test split, all three modalities "
+            "concatenated. DHF should put the shared content in the homogeneous part R_ho and keep it out of the "
+            f"heterogeneous R_he and the noise R_n. Measured (mean over {len(reps)} run(s)): {esc(said)}.</p>")
+        parts.append(frame_html(df, table_id="probe-table"))
+    else:
+        parts.append('<p class="note">Probe R² omitted: the representations carry no true shared latent '
+                     "(real data); only the embedding is shown.</p>")
+    parts.append("<p>The embedding shows each representation's test samples in two dimensions, coloured from "
+                 "negative (blue) to positive (red) sentiment: a representation that encodes sentiment separates "
+                 "the colours, as the paper's Fig. 3 shows for FSRF.</p>")
+    rep.section("probe", title, *parts)
+
+
+def tuning_section(rep: Report, study: load.TuningStudy | None) -> None:
+    title = "Tuning study"
+    if study is None:
+        rep.omitted("tuning", title, "no tuning study given (--study-dir)")
+        return
+    trials = study.trials
+    done = tuning.completed(trials)
+    if done.height == 0:
+        rep.omitted("tuning", title, f"no completed trials in {study.folder}/trials.parquet")
+        return
+    bsf = tuning.best_so_far(trials)
+    rep.csv(bsf, "tuning_best_so_far")
+    parts = [rep.figure(figures.best_so_far_figure(bsf), "tuning_best_so_far",
+                        "Validation objective of each trial and the best so far against trials run")]
+    best = done.sort(load.OBJECTIVE, descending=True).row(0, named=True)
+    parts.append(f"<p>The tuning study <code>{esc(study.folder.name)}</code> ran {trials.height} trials "
+                 f"({done.height} completed). Its objective is validation-only: the mean validation "
+                 "Non0_F1_score over the complete input, the six missing conditions and the ten intra points, "
+                 f"at each trial's best epoch. The best trial ({esc(best['trial_id'])}) reached "
+                 f"{num(best[load.OBJECTIVE], 4)}.</p>")
+    searched = tuning.searched_params(trials)
+    if done.height >= 3 and searched:
+        imp = tuning.importance(trials)
+        rep.csv(pl.DataFrame({"param": list(imp), "importance": list(imp.values())}), "tuning_importance")
+        top = ", ".join(f"{k} {v:.2f}" for k, v in list(imp.items())[:3])
+        parts.append(rep.figure(figures.importance_figure(imp), "tuning_importance",
+                                "fANOVA hyperparameter importance (mean over 5 forest seeds)"))
+        parts.append("<p>Importance is Optuna's fANOVA on the completed trials: the share of the objective's "
+                     "variance that each hyperparameter explains on its own (shares sum to 1), averaged over five "
+                     f"random-forest seeds because single fits vary. Largest: {esc(top)}. With few trials these "
+                     "shares are rough.</p>")
+        matrix, names, ticks, y = tuning.parallel_axes(trials)
+        parts.append(rep.figure(figures.parallel_figure(matrix, names, ticks, y), "tuning_parallel",
+                                "Parallel coordinates: each searched param on a normalised axis, lines coloured by objective"))
+        parts.append("<p>Parallel coordinates: one vertical axis per searched hyperparameter (numbers scaled to "
+                     "the observed range, log scale where the search was; categories at evenly spaced positions), "
+                     "the objective on the last axis; each line is a trial, yellow the best.</p>")
+    else:
+        parts.append('<p class="note">Importance and parallel coordinates omitted: they need at least 3 completed '
+                     "trials and a hyperparameter that varied.</p>")
+    best_cfg = {k: best[k] for k in study.params}
+    parts.append("<h3>Best configuration</h3>" + kv_html(best_cfg, table_id="best-config"))
+    rep.section("tuning", title, *parts)
+
+
+def config_section(rep: Report, config: load.StudyConfig | None) -> None:
+    title = "Configurations"
+    if config is None:
+        rep.omitted("configs", title, "configurations are read from MLflow; pass --robustness-run")
+        return
+    variants = list(config.variant_params)
+    keys = sorted({k for p in config.variant_params.values() for k in p})
+    grid = pl.DataFrame({"param": keys, **{v: [config.variant_params[v].get(k, "") for k in keys] for v in variants}},
+                        schema={"param": pl.String, **{v: pl.String for v in variants}})
+    rep.csv(grid, "configs_per_variant")
+    (rep.folder / "configs.json").write_text(json.dumps(
+        {"experiment": config.experiment, "parent_run_id": config.parent_run_id, "parent_params": config.parent_params,
+         "parent_tags": config.tags, "variant_params": config.variant_params}, indent=1))
+    rep.files.append("configs.json")
+    rep.section("configs", title,
+                f"<p>Study <code>{esc(config.experiment)}</code>, parent run <code>{esc(config.parent_run_id)}</code> "
+                f"({esc(config.parent_name)}). The parent's params describe the study; below them, every config "
+                "param of the child runs per variant, listed once when all its seeds share it (\"varies: ...\" "
+                "otherwise). Also in <code>configs.json</code>.</p>",
+                "<h3>Study (parent run)</h3>", kv_html(config.parent_params, table_id="parent-params"),
+                "<h3>Runs per variant</h3>", frame_html(grid, table_id="variant-params"))
+
+
+def software_versions() -> dict[str, str]:
+    """Versions of the installed packages (from their metadata, without importing torch or ray)."""
+    from importlib import metadata
+
+    out = {"python": sys.version.split()[0]}
+    for name in VERSIONED:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1100px;margin:2em auto;
+padding:0 1em;color:#222;line-height:1.45}
+table{border-collapse:collapse;margin:.6em 0 1.2em;font-size:.9em}
+th,td{border-bottom:1px solid #ddd;padding:.25em .6em;text-align:right;white-space:nowrap}
+th:first-child,td:first-child{text-align:left}thead th{border-bottom:2px solid #444}
+figure{margin:1em 0}figure img{max-width:100%;height:auto}figcaption{font-size:.85em;color:#555}
+.note{color:#8a5a00;background:#fff6e0;padding:.3em .6em;border-left:3px solid #e0a000}
+code{background:#f3f3f3;padding:0 .2em}section{margin-top:2em}
+"""
+
+
+def render(title: str, intro: str, rep: Report, versions: dict[str, str]) -> str:
+    toc = "".join(f'<li><a href="#{ident}">{esc(title)}</a></li>' for ident, title, _ in rep.sections)
+    toc += '<li><a href="#files">Files</a></li><li><a href="#versions">Software versions</a></li>'
+    figs = sorted({f.rsplit(".", 1)[0] for f in rep.files if f.endswith(".png")})
+    csvs = sorted(f for f in rep.files if f.endswith(".csv"))
+    files = (f"<p><code>figures/</code>: {esc(', '.join(figs))} (each as .png and .svg). <code>tables/</code>: "
+             f"{esc(', '.join(csvs))} (full precision; Table I and II also as .md and .tex). "
+             f"{esc(', '.join(f for f in rep.files if f.endswith('.json')))}.</p>")
+    body = "\n".join(f'<section id="{ident}"><h2>{esc(title)}</h2>\n{inner}</section>'
+                     for ident, title, inner in rep.sections)
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{esc(title)}</title>"
+            f"<style>{CSS}</style></head><body>\n<h1>{esc(title)}</h1>\n<p class=\"stamp\">Generated {stamp} by "
+            f"<code>analysis/report.py</code>.</p>\n{intro}\n<nav><ul>{toc}</ul></nav>\n{body}\n"
+            f'<section id="files"><h2>Files</h2>{files}</section>\n'
+            f'<section id="versions"><h2>Software versions</h2>{kv_html(versions, table_id="versions-table")}</section>\n'
+            "</body></html>\n")
+
+
+# -- main -----------------------------------------------------------------------------------------------
+
+
+def write_report(inputs: Inputs, folder: Path, *, metric: str = HEADLINE, extra_metrics=(),
+                 embedding: str = "pca") -> str:
+    """Every section, figure and table into ``folder`` and the page as ``report.html``; returns its title."""
+    runs, config = inputs.runs, inputs.config
+    main = load.main_runs(runs)
+    if f"test/{metric}/l" not in main.columns and f"test/{metric}/lav" not in main.columns:
+        raise InputError(inputs.source, None, f"no test/{metric}/<condition> metrics in the runs")
+    complete = tables.complete_condition(main, metric)
+    text_only = complete == "l" and f"test/{metric}/a" not in main.columns
+    dropped = runs.height - main.height
+    rep = Report(folder)
+    rep.csv(runs, "runs")
+
+    facts = table1_section(rep, main, metric)
+    for extra in extra_metrics:
+        table1_section(rep, main, extra, ident=f"table1-{extra}", headline=False)
+    summary = curves_section(rep, main, metric, complete)
+    table2_section(rep, main, metric)
+    overlap_section(rep, runs, metric)
+    probe_section(rep, inputs.representations, method=embedding)
+    tuning_section(rep, inputs.study)
+    config_section(rep, config)
+
+    what = (f"study <code>{esc(config.experiment)}</code>, parent run <code>{esc(config.parent_run_id)}</code>"
+            if config else f"<code>{esc(inputs.source)}</code>")
+    seeds = main.group_by("variant", maintain_order=True).len()
+    counts = ", ".join(f"{tables.variant_name(v)} ({n} seeds)" for v, n in seeds.iter_rows())
+    unit = " (shown in percent)" if metric in tables.PERCENT else ""
+    present = [VARIANT_TEXT.get(v, esc(v)) for v in seeds["variant"]]
+    intro = [f"<p>This report summarises the robustness {what}: {main.height} test runs of {esc(counts)}. "
+             f"Variants: {'; '.join(present)}. The headline metric is "
+             f"<code>{esc(metric)}</code>"
+             + (", the weighted F1 of negative against positive sentiment with neutral labels left out"
+                if metric == HEADLINE else "") + f"{unit}.</p>"]
+    if dropped:
+        intro.append(f'<p class="note">{dropped} run(s) of an overlap sweep are used only in the overlap study; '
+                     "the tables and curves use each variant's main setting.</p>")
+    if facts and summary is not None and "fsrf" in facts["row"]:
+        fs = facts["row"]["fsrf"]
+        auc = dict(zip(summary["variant"], summary["auc"]))
+        intro.append(f"<p><b>In short:</b> FSRF's {esc(tables.condition_label(facts['cond']))} score is "
+                     f"{pct(fs['mean'], metric)} ± {pct(fs['std'], metric)} over {fs['n']} seeds"
+                     + (f", and the area under its intra-missingness curve is {num(auc['fsrf'])}" if "fsrf" in auc else "")
+                     + ".</p>")
+    intro.append(conditions_text(text_only))
+    if text_only:
+        intro.append('<p class="note">Text-only data: Table I has the single column {l}; Inter-MM is omitted '
+                     "from Table II.</p>")
+    name = config.experiment if config else Path(inputs.source).resolve().parent.name
+    title = f"FSRF robustness report: {name}"
+    versions = software_versions()
+    (folder / "versions.json").write_text(json.dumps(versions, indent=1))
+    rep.files.append("versions.json")
+    (folder / "report.html").write_text(render(title, "\n".join(intro), rep, versions))
+    return title

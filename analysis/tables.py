@@ -1,0 +1,240 @@
+"""Table I (inter-modality missingness) and Table II (ablations) of the paper, from a study's runs.
+
+Both tables are computed as *long* polars frames (one row per variant x condition: mean, std over
+seeds, n, and Welch's p-value against FSRF) and rendered to Markdown, LaTeX (booktabs), HTML and CSV.
+Stored values are fractions as the metrics return them; the renderers show F1 and accuracies in
+percent, as the paper does.
+
+Significance: the paper compares FSRF with one baseline and stars FSRF's row. Here every variant is
+compared with FSRF (Welch's unequal-variance t-test over seeds, two-sided), so the ``*`` goes on the
+*compared* variant's cell: "this variant's scores differ from FSRF's with p < 0.05".
+"""
+
+from __future__ import annotations
+
+import html
+import math
+import warnings
+
+import numpy as np
+import polars as pl
+from scipy import stats
+
+from analysis.load import long_metrics, ordered_variants
+from fsrf.missing import MISSING_CONDITIONS
+
+REFERENCE = "fsrf"
+ALPHA = 0.05
+# The paper's column order: the six missing conditions, their mean, then the complete modalities.
+TABLE1_CONDITIONS = (*MISSING_CONDITIONS, "avg_missing", "lav")
+TABLE2_COLUMNS = (("Intra-MM", "intra_avg"), ("Inter-MM", "avg_missing"), ("CM", "lav"))
+LOWER_IS_BETTER = frozenset({"MAE"})
+PERCENT = frozenset({"Non0_F1_score", "Non0_acc_2", "Has0_F1_score", "Has0_acc_2", "Mult_acc_5", "Mult_acc_7"})
+NAMES = {"fsrf": "FSRF", "no_dhf": "w/o DHF", "no_das": "w/o DAS", "no_noise": "w/o noise",
+         "late_fusion": "Late fusion"}
+LABELS = {"avg_missing": "Avg. (missing)", "lav": "{l,a,v}", "intra_avg": "Intra avg"}
+
+
+def variant_name(variant: str) -> str:
+    return NAMES.get(variant, variant)
+
+
+def condition_label(condition: str) -> str:
+    if condition in LABELS:
+        return LABELS[condition]
+    if condition in MISSING_CONDITIONS:
+        return "{" + ",".join(condition) + "}"
+    return condition
+
+
+def welch_p(a, b) -> float:
+    """Two-sided p-value of Welch's t-test (unequal variances); NaN when it is undefined.
+
+    Undefined: fewer than two values on a side, or no variance on either side (t is 0/0).
+    """
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.size < 2 or b.size < 2:
+        return math.nan
+    with warnings.catch_warnings():  # scipy warns on zero variance and returns NaN, which we keep
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
+
+
+def complete_condition(df: pl.DataFrame, metric: str) -> str:
+    """The all-modalities-present condition: ``lav``, or ``l`` for text-only data (its only modality)."""
+    return "lav" if f"test/{metric}/lav" in df.columns else "l"
+
+
+def summarise(df: pl.DataFrame, metric: str, conditions, *, reference: str = REFERENCE) -> pl.DataFrame:
+    """Mean, std (ddof=1), n over seeds per variant x condition, and Welch's p against ``reference``.
+
+    Returns columns variant, condition, mean, std, n, p_value (null for the reference itself, when the
+    reference is absent, or when the test is undefined), star (p < 0.05). Conditions the data lacks
+    are skipped; rows come in variant order then the given condition order.
+    """
+    long = long_metrics(df).filter((pl.col("metric") == metric) & pl.col("condition").is_in(list(conditions)))
+    values = {(v, c): vals.to_numpy() for (v, c), vals in
+              ((k, g["value"]) for k, g in long.group_by(["variant", "condition"]))}
+    rows = []
+    for variant in ordered_variants(long["variant"].to_list()):
+        for condition in conditions:
+            x = values.get((variant, condition))
+            if x is None:
+                continue
+            ref = values.get((reference, condition))
+            p = welch_p(ref, x) if ref is not None and variant != reference else math.nan
+            rows.append({"variant": variant, "condition": condition, "mean": float(np.mean(x)),
+                         "std": float(np.std(x, ddof=1)) if x.size > 1 else math.nan, "n": int(x.size),
+                         "p_value": None if math.isnan(p) else p, "star": bool(p < ALPHA)})
+    schema = {"variant": pl.String, "condition": pl.String, "mean": pl.Float64, "std": pl.Float64,
+              "n": pl.Int64, "p_value": pl.Float64, "star": pl.Boolean}
+    return pl.DataFrame(rows, schema=schema).with_columns(pl.col("std").fill_nan(None))
+
+
+def table1(df: pl.DataFrame, metric: str = "Non0_F1_score") -> pl.DataFrame:
+    """Table I: every variant under the inter-modality conditions l a v la lv av, their mean, and lav.
+
+    Pass ``analysis.load.main_runs(df)`` when the runs include an overlap sweep. Text-only data has
+    only ``l``; the table then has that one column.
+    """
+    return summarise(df, metric, TABLE1_CONDITIONS).with_columns(metric=pl.lit(metric))
+
+
+def table2(df: pl.DataFrame, metric: str = "Non0_F1_score") -> pl.DataFrame:
+    """Table II: FSRF and its ablations under intra missingness (mean of the intra curve, ``intra_avg``),
+    inter missingness (``avg_missing``) and complete modalities (``lav``; ``l`` for text-only data).
+
+    The late-fusion baseline is not an ablation of FSRF and is left out, as in the paper. Columns as
+    ``summarise`` plus ``column`` (Intra-MM, Inter-MM, CM).
+    """
+    complete = complete_condition(df, metric)
+    columns = [(label, complete if label == "CM" else cond) for label, cond in TABLE2_COLUMNS]
+    ablations = df.filter(pl.col("variant") != "late_fusion")
+    t = summarise(ablations, metric, [c for _, c in columns])
+    label = {c: lab for lab, c in columns}
+    return t.with_columns(column=pl.col("condition").replace_strict(label), metric=pl.lit(metric))
+
+
+# -- rendering ------------------------------------------------------------------------------------------
+
+def _grid(t: pl.DataFrame, key: str) -> tuple[list[str], list[str], dict]:
+    variants = ordered_variants(t["variant"].to_list())
+    cols = list(dict.fromkeys(t[key].to_list()))
+    cells = {(r["variant"], r[key]): r for r in t.iter_rows(named=True)}
+    return variants, cols, cells
+
+
+def _best(t: pl.DataFrame, key: str, metric: str) -> dict[str, float]:
+    agg = pl.col("mean").min() if metric in LOWER_IS_BETTER else pl.col("mean").max()
+    return dict(t.group_by(key).agg(agg).iter_rows())
+
+
+def _fmt(x: float | None, scale: float, digits: int) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x * scale:.{digits}f}"
+
+
+def _table(t: pl.DataFrame, *, key: str, digits: int | None):
+    """Rows of (variant, n, [(mean_str, std_str, star, best)]) and the column labels."""
+    metric = t["metric"][0] if "metric" in t.columns and t.height else ""
+    scale = 100.0 if metric in PERCENT else 1.0
+    if digits is None:  # percent with 2 decimals as the paper; MAE and Corr need more on their [0, ~2] scale
+        digits = 2 if metric in PERCENT else 3
+    variants, cols, cells = _grid(t, key)
+    best = _best(t, key, metric)
+    rows = []
+    for v in variants:
+        row = []
+        for c in cols:
+            r = cells.get((v, c))
+            if r is None:
+                row.append(None)
+                continue
+            row.append((_fmt(r["mean"], scale, digits), _fmt(r["std"], scale, digits), r["star"],
+                        math.isclose(r["mean"], best[c], rel_tol=0, abs_tol=1e-12)))
+        n = max((cells[(v, c)]["n"] for c in cols if (v, c) in cells), default=0)
+        rows.append((v, n, row))
+    labels = cols if key == "column" else [condition_label(c) for c in cols]
+    return labels, rows
+
+
+def to_markdown(t: pl.DataFrame, *, key: str = "condition", digits: int | None = None) -> str:
+    """GitHub Markdown: mean ± std per cell, best mean in bold, ``*`` where p < 0.05 against FSRF."""
+    labels, rows = _table(t, key=key, digits=digits)
+    out = ["| Variant | n | " + " | ".join(labels) + " |", "|---|---:|" + "---:|" * len(labels)]
+    for v, n, row in rows:
+        cells = []
+        for cell in row:
+            if cell is None:
+                cells.append("")
+                continue
+            mean, std, star, best = cell
+            text = f"{mean} ± {std}"
+            cells.append((f"**{text}**" if best else text) + ("\\*" if star else ""))
+        out.append(f"| {variant_name(v)} | {n} | " + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n"
+
+
+def _tex(s: str) -> str:
+    return s.replace("\\", "\\textbackslash{}").replace("_", "\\_").replace("&", "\\&").replace("%", "\\%") \
+        .replace("{", "\\{").replace("}", "\\}").replace("#", "\\#")
+
+
+def to_latex(t: pl.DataFrame, *, key: str = "condition", digits: int | None = None, caption: str = "") -> str:
+    """A booktabs ``tabular`` (in a ``table`` float when a caption is given); best mean in bold."""
+    labels, rows = _table(t, key=key, digits=digits)
+    body = [r"\begin{tabular}{l" + "r" * (len(labels) + 1) + "}", r"\toprule",
+            "Variant & $n$ & " + " & ".join(_tex(lab) for lab in labels) + r" \\", r"\midrule"]
+    for v, n, row in rows:
+        cells = []
+        for cell in row:
+            if cell is None:
+                cells.append("")
+                continue
+            mean, std, star, best = cell
+            text = f"{mean} $\\pm$ {std}"
+            cells.append((f"\\textbf{{{text}}}" if best else text) + ("$^{*}$" if star else ""))
+        body.append(f"{_tex(variant_name(v))} & {n} & " + " & ".join(cells) + r" \\")
+    body += [r"\bottomrule", r"\end{tabular}"]
+    if not caption:
+        return "\n".join(body) + "\n"
+    return "\n".join([r"\begin{table}[t]", r"\centering", rf"\caption{{{_tex(caption)}}}", *body,
+                      r"\end{table}"]) + "\n"
+
+
+def to_html(t: pl.DataFrame, *, key: str = "condition", digits: int | None = None, table_id: str = "") -> str:
+    """An HTML ``<table>`` for the report; each cell's tooltip carries its p-value against FSRF."""
+    labels, rows = _table(t, key=key, digits=digits)
+    _, cols, cells = _grid(t, key)
+    ident = f' id="{html.escape(table_id)}"' if table_id else ""
+    out = [f"<table{ident}>", "<thead><tr><th>Variant</th><th>n</th>"
+           + "".join(f"<th>{html.escape(lab)}</th>" for lab in labels) + "</tr></thead>", "<tbody>"]
+    for v, n, row in rows:
+        tds = []
+        for c, cell in zip(cols, row):
+            if cell is None:
+                tds.append("<td></td>")
+                continue
+            mean, std, star, best = cell
+            p = cells[(v, c)]["p_value"]
+            title = f' title="Welch p = {p:.3g} against FSRF"' if p is not None else ""
+            text = f"{mean} ± {std}"
+            text = f"<b>{text}</b>" if best else text
+            tds.append(f"<td{title}>{text}{'<sup>*</sup>' if star else ''}</td>")
+        out.append(f"<tr><th>{html.escape(variant_name(v))}</th><td>{n}</td>{''.join(tds)}</tr>")
+    out += ["</tbody>", "</table>"]
+    return "\n".join(out)
+
+
+def p_values(t: pl.DataFrame, *, key: str = "condition") -> pl.DataFrame:
+    """Welch p-values against FSRF as a variant x condition grid (FSRF itself left out)."""
+    others = t.filter(pl.col("variant") != REFERENCE)
+    if others.height == 0:
+        return pl.DataFrame({"variant": []}, schema={"variant": pl.String})
+    cols = list(dict.fromkeys(t[key].to_list()))
+    wide = others.pivot(on=key, index="variant", values="p_value")
+    return wide.select(["variant", *[c for c in cols if c in wide.columns]])
+
+
+def to_csv(t: pl.DataFrame) -> str:
+    """The long table with full precision (fractions, not percent): what a reader re-analyses."""
+    return t.write_csv()

@@ -1,0 +1,372 @@
+"""analysis/ on a small MLflow store written here with known values: tables, t-tests, curves, AUC and
+effective robustness against hand computation; tuning importance; the factorization probe.
+
+The store (``study`` fixture, shared with test_report.py) holds one robustness parent run and child
+runs for fsrf, no_dhf and late_fusion x seeds 0, 1, 2, plus an overlap sweep of fsrf (0.0, 0.5, 1.0 x 2
+seeds). Values are built from ``BASE`` and ``OFFSET`` below so that every expected number can be
+recomputed by hand in the tests.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+from scipy import stats
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # analysis/ is not an installed package
+    sys.path.insert(0, str(ROOT))
+
+from analysis import load, probe, robustness, tables, tuning  # noqa: E402
+from fsrf.errors import InputError  # noqa: E402
+from fsrf.missing import INTRA_POINTS, MISSING_CONDITIONS, TABLE_CONDITIONS, intra_name  # noqa: E402
+
+VARIANTS = ("fsrf", "no_dhf", "late_fusion")
+SEEDS = (0, 1, 2)
+F1 = "Non0_F1_score"
+# Known Non0_F1_score per variant x Table I condition (seed offsets below are added).
+BASE = {
+    "fsrf":        {"l": 0.80, "a": 0.60, "v": 0.55, "la": 0.80, "lv": 0.79, "av": 0.65, "lav": 0.85},
+    "no_dhf":      {"l": 0.70, "a": 0.58, "v": 0.50, "la": 0.795, "lv": 0.74, "av": 0.60, "lav": 0.83},
+    "late_fusion": {"l": 0.75, "a": 0.40, "v": 0.38, "la": 0.78, "lv": 0.77, "av": 0.45, "lav": 0.86},
+}
+OFFSET = {"fsrf": (-0.01, 0.0, 0.01), "no_dhf": (-0.01, 0.0, 0.015), "late_fusion": (-0.02, 0.0, 0.02)}
+SLOPE = {"fsrf": 0.3, "no_dhf": 0.4, "late_fusion": 0.5}  # intra curve: f(p) = lav - slope * p (+ offset)
+OVERLAP_AVG_MISSING = {0.0: (0.70, 0.72), 0.5: (0.74, 0.76), 1.0: (0.71, 0.69)}  # fsrf sweep, seeds 0 and 1
+
+
+def run_values(variant: str, seed: int) -> dict[str, float]:
+    """Every test/ metric of one run, as the robustness study would log them."""
+    off = OFFSET[variant][seed]
+    v = {c: BASE[variant][c] + off for c in TABLE_CONDITIONS}
+    v["avg_missing"] = float(np.mean([v[c] for c in MISSING_CONDITIONS]))
+    for p in INTRA_POINTS:
+        v[intra_name(p)] = v["lav"] - SLOPE[variant] * p
+    v["intra_avg"] = float(np.mean([v[intra_name(p)] for p in INTRA_POINTS]))
+    for p in (0.2, 0.4, 0.6, 0.8, 1.0):
+        v[f"burst_{p}"] = v["lav"] - 0.2 * p
+    out = {f"test/{F1}/{c}": x for c, x in v.items()}
+    out[f"test/MAE/lav"] = 0.9 - v["lav"]  # a second metric, lower is better
+    return out
+
+
+def known(variant: str, condition: str) -> np.ndarray:
+    return np.array([run_values(variant, s)[f"test/{F1}/{condition}"] for s in SEEDS])
+
+
+def log_run(client, exp_id: str, parent: str, variant: str, seed: int, overlap, metrics: dict) -> str:
+    from mlflow.entities import Metric, Param
+
+    run = client.create_run(exp_id, run_name=f"{variant}-seed{seed}",
+                            tags={"mlflow.parentRunId": parent, "fsrf.role": "robustness-run", "fsrf.variant": variant})
+    rid = run.info.run_id
+    params = {"variant": variant, "seed": str(seed), "missing.overlap": str(overlap), "loss.lambda1": "0.2",
+              "train.lr": "0.001", "model.dhf": str(variant != "no_dhf"), "data.preset": "mosi"}
+    client.log_batch(rid, metrics=[Metric(k, v, 0, 0) for k, v in metrics.items()]
+                     + [Metric(f"val/{F1}/lav", 0.5, 0, 0)],
+                     params=[Param(k, v) for k, v in params.items()])
+    return rid
+
+
+def representations(n: int = 300, d: int = 4, seed: int = 0) -> dict[str, np.ndarray]:
+    """R_ho a linear function of the shared latent plus small noise; R_he and R_n pure noise."""
+    rng = np.random.default_rng(seed)
+    shared = rng.normal(size=n)
+    w = rng.normal(size=(3, d))
+    ho = shared[:, None, None] * w[None] + 0.05 * rng.normal(size=(n, 3, d))
+    return {"ho": ho, "he": rng.normal(size=(n, 3, d)), "noise": rng.normal(size=(n, 3, d)),
+            "labels": np.clip(1.5 * shared, -3, 3), "shared": shared}
+
+
+def tuning_trials(n: int = 30, seed: int = 0) -> pl.DataFrame:
+    """A tuning study's trials whose objective depends on loss.lambda1 only."""
+    rng = np.random.default_rng(seed)
+    lam = np.exp(rng.uniform(np.log(0.02), np.log(2.0), n))
+    margin = rng.uniform(0.1, 1.0, n)
+    schedule = rng.choice(["constant", "linear", "cosine", "step"], n)
+    objective = 0.5 + 0.1 * np.log10(lam) + 0.001 * rng.normal(size=n)
+    status = ["TERMINATED"] * n
+    objective = objective.astype(object)
+    objective[3] = None  # one failed trial
+    status[3] = "ERROR"
+    return pl.DataFrame({
+        "trial_id": [f"t{i:03d}" for i in range(n)], "status": status, "epochs": [3] * n,
+        "loss.lambda1": lam, "loss.margin": margin, "missing.schedule": schedule.tolist(),
+        "best/val/Non0_F1_score/objective": pl.Series(objective.tolist(), dtype=pl.Float64),
+    })
+
+
+@pytest.fixture(scope="session")
+def study(tmp_path_factory):
+    """The MLflow store, runs.parquet and a tuning study folder: ids, paths and the run table."""
+    from mlflow.tracking import MlflowClient
+
+    root = tmp_path_factory.mktemp("study")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    exp_id = client.create_experiment("robust-test", artifact_location=(root / "artifacts").as_uri())
+    parent = client.create_run(exp_id, run_name="robustness-test", tags={"fsrf.role": "robustness"}).info.run_id
+    client.log_param(parent, "study.seeds", "3")
+    client.log_param(parent, "study.variants", ",".join(VARIANTS))
+    rows = []
+    for variant in VARIANTS:
+        for seed in SEEDS:
+            m = run_values(variant, seed)
+            rid = log_run(client, exp_id, parent, variant, seed, None, m)
+            rows.append({"run_id": rid, "variant": variant, "seed": seed, "overlap": None, **m})
+            if variant == "fsrf" and seed == 0:
+                path = root / "representations.npz"
+                np.savez(path, **representations())
+                client.log_artifact(rid, str(path))
+            client.set_terminated(rid, "FINISHED")
+    for overlap, values in OVERLAP_AVG_MISSING.items():
+        for seed, value in enumerate(values):
+            m = {**run_values("fsrf", seed), f"test/{F1}/avg_missing": value}
+            rid = log_run(client, exp_id, parent, "fsrf", seed, overlap, m)
+            rows.append({"run_id": rid, "variant": "fsrf", "seed": seed, "overlap": overlap, **m})
+            client.set_terminated(rid, "FINISHED")
+    # A failed child must not count.
+    bad = log_run(client, exp_id, parent, "fsrf", 9, None, run_values("fsrf", 0))
+    client.set_terminated(bad, "FAILED")
+    client.set_terminated(parent, "FINISHED")
+    parquet = root / "runs.parquet"
+    pl.DataFrame(rows, schema_overrides={"overlap": pl.Float64}).write_parquet(parquet)
+    tune_dir = root / "tune" / "lambdas"
+    tune_dir.mkdir(parents=True)
+    tuning_trials().write_parquet(tune_dir / "trials.parquet")
+    pl.DataFrame({"trial_id": ["t000", "t000"], "epoch": [1, 2], f"val/{F1}/objective": [0.4, 0.5]}).write_parquet(
+        tune_dir / "epochs.parquet")
+    return {"uri": uri, "parent": parent, "exp_id": exp_id, "root": root, "parquet": parquet, "tune_dir": tune_dir,
+            "n_runs": len(rows)}
+
+
+@pytest.fixture(scope="module")
+def runs(study):
+    return load.runs_from_mlflow(study["uri"], study["parent"])
+
+
+# -- load -----------------------------------------------------------------------------------------------
+
+def test_mlflow_and_parquet_recover_the_table(study, runs):
+    assert runs.height == study["n_runs"]  # the FAILED child is left out
+    assert runs.columns[:4] == ["run_id", "variant", "seed", "overlap"]
+    assert runs["variant"].unique(maintain_order=True).to_list() == list(VARIANTS)  # FSRF first, baseline last
+    assert not any(c.startswith("val/") for c in runs.columns)
+    fs0 = runs.filter((pl.col("variant") == "fsrf") & (pl.col("seed") == 0) & pl.col("overlap").is_null())
+    assert fs0.height == 1
+    for k, v in run_values("fsrf", 0).items():
+        assert fs0[k][0] == pytest.approx(v, abs=1e-12)
+    assert sorted(runs["overlap"].drop_nulls().unique().to_list()) == [0.0, 0.5, 1.0]
+
+    from_parquet = load.runs_from_parquet(study["parquet"])
+    assert from_parquet.columns == runs.columns
+    key = ["variant", "overlap", "seed"]
+    a, b = runs.sort(key, nulls_last=True), from_parquet.sort(key, nulls_last=True)
+    assert a.drop("run_id").equals(b.drop("run_id"))
+
+
+def test_long_metrics_and_main_runs(runs):
+    long = load.long_metrics(runs)
+    assert long.columns == ["run_id", "variant", "seed", "overlap", "metric", "condition", "value"]
+    assert set(long["metric"].unique()) == {F1, "MAE"}
+    assert long.filter((pl.col("metric") == F1) & (pl.col("condition") == "intra_0.3")).height == runs.height
+    main = load.main_runs(runs)
+    assert main.height == len(VARIANTS) * len(SEEDS)
+    assert main["overlap"].null_count() == main.height
+
+
+def test_load_errors_name_the_input(study, tmp_path):
+    with pytest.raises(InputError, match="not found"):
+        load.runs_from_mlflow(study["uri"], "0" * 32)
+    with pytest.raises(InputError, match="no such file"):
+        load.runs_from_parquet(tmp_path / "runs.parquet")
+    empty = tmp_path / "empty.parquet"
+    pl.DataFrame(schema={"run_id": pl.String, "variant": pl.String, "seed": pl.Int64, "overlap": pl.Float64,
+                         f"test/{F1}/l": pl.Float64}).write_parquet(empty)
+    with pytest.raises(InputError, match="empty"):
+        load.runs_from_parquet(empty)
+    with pytest.raises(InputError, match="no MLflow store"):
+        load.resolve_tracking_uri(f"sqlite:///{tmp_path / 'nothing.db'}")
+    with pytest.raises(InputError, match="trials.parquet"):
+        load.trials_from_study(tmp_path)
+
+
+# -- Table I and II -------------------------------------------------------------------------------------
+
+def test_table1_means_stds_and_welch(runs):
+    t1 = tables.table1(load.main_runs(runs))
+    assert t1["condition"].unique(maintain_order=True).to_list() == ["l", "a", "v", "la", "lv", "av", "avg_missing", "lav"]
+    assert t1.height == len(VARIANTS) * 8
+    for r in t1.iter_rows(named=True):
+        x = known(r["variant"], r["condition"])
+        assert r["mean"] == pytest.approx(x.mean(), abs=1e-12)
+        assert r["std"] == pytest.approx(x.std(ddof=1), abs=1e-12)
+        assert r["n"] == 3
+        if r["variant"] == "fsrf":
+            assert r["p_value"] is None and not r["star"]
+        else:
+            p = stats.ttest_ind(known("fsrf", r["condition"]), x, equal_var=False).pvalue
+            assert r["p_value"] == pytest.approx(p, rel=1e-9)
+            assert r["star"] == (p < 0.05)
+
+    def cell(v, c):
+        return t1.filter((pl.col("variant") == v) & (pl.col("condition") == c)).row(0, named=True)
+
+    assert cell("no_dhf", "l")["p_value"] < 1e-3 and cell("no_dhf", "l")["star"]  # 0.80 vs 0.70: clearly different
+    assert cell("no_dhf", "la")["p_value"] > 0.5 and not cell("no_dhf", "la")["star"]  # 0.80 vs 0.795: not
+
+
+def test_table1_renderers(runs):
+    t1 = tables.table1(load.main_runs(runs))
+    md = tables.to_markdown(t1)
+    lines = md.strip().splitlines()
+    assert len(lines) == 2 + len(VARIANTS)
+    assert all(line.count("|") == 2 + 1 + 8 for line in lines)  # variant, n, 8 conditions
+    no_dhf = next(line for line in lines if line.startswith("| w/o DHF"))
+    # l: 70 + (-1 + 0 + 1.5) / 3 percent, std of (-1, 0, 1.5); starred (0.80 vs 0.70)
+    assert "| 70.17 ± 1.26\\* |" in no_dhf
+    tex = tables.to_latex(t1, caption="Table I")
+    assert "\\toprule" in tex and "\\midrule" in tex and "\\bottomrule" in tex
+    # Best lav mean is late fusion (0.86); best l is FSRF (0.80).
+    assert "\\textbf{86.00 $\\pm$ 2.00}" in tex
+    assert "\\textbf{80.00 $\\pm$ 1.00}" in tex
+    assert "$^{*}$" in tex
+    csv = pl.read_csv(tables.to_csv(t1).encode())
+    assert csv.height == t1.height and "p_value" in csv.columns
+
+
+def test_table1_lower_is_better_and_text_only(runs):
+    main = load.main_runs(runs)
+    mae = tables.table1(main, "MAE")
+    assert mae["condition"].to_list() == ["lav"] * 3
+    tex = tables.to_latex(mae)
+    assert "\\textbf{0.04" in tex  # late fusion: 0.9 - 0.86, the lowest MAE, is the best
+    text_only = main.select(["run_id", "variant", "seed", "overlap", f"test/{F1}/l",
+                             *[f"test/{F1}/{intra_name(p)}" for p in INTRA_POINTS], f"test/{F1}/intra_avg"])
+    t = tables.table1(text_only)
+    assert t["condition"].unique().to_list() == ["l"]
+    t2 = tables.table2(text_only)
+    assert t2["column"].unique(maintain_order=True).to_list() == ["Intra-MM", "CM"]
+    assert t2.filter(pl.col("column") == "CM")["condition"].unique().to_list() == ["l"]
+    cv = robustness.curves(text_only)
+    assert cv.filter((pl.col("variant") == "fsrf") & (pl.col("p") == 0.0))["mean"][0] == pytest.approx(
+        known("fsrf", "l").mean())
+
+
+def test_table2(runs):
+    t2 = tables.table2(load.main_runs(runs))
+    assert t2["variant"].unique(maintain_order=True).to_list() == ["fsrf", "no_dhf"]  # late fusion is no ablation
+    assert t2["column"].unique(maintain_order=True).to_list() == ["Intra-MM", "Inter-MM", "CM"]
+    for r in t2.iter_rows(named=True):
+        x = known(r["variant"], {"Intra-MM": "intra_avg", "Inter-MM": "avg_missing", "CM": "lav"}[r["column"]])
+        assert r["mean"] == pytest.approx(x.mean(), abs=1e-12)
+        assert r["std"] == pytest.approx(x.std(ddof=1), abs=1e-12)
+    # Intra-MM by hand: mean over p of (lav - slope p) = lav - slope * 0.55
+    fs = t2.filter((pl.col("variant") == "fsrf") & (pl.col("column") == "Intra-MM"))["mean"][0]
+    assert fs == pytest.approx(0.85 - 0.3 * 0.55, abs=1e-12)
+    assert len(tables.to_markdown(t2, key="column").strip().splitlines()) == 4
+
+
+# -- curves and robustness figures ----------------------------------------------------------------------
+
+def test_curves_start_at_lav(runs):
+    cv = robustness.curves(load.main_runs(runs))
+    assert cv.height == len(VARIANTS) * 11
+    for v in VARIANTS:
+        c = cv.filter(pl.col("variant") == v).sort("p")
+        assert c["p"].to_list() == pytest.approx([0.0, *INTRA_POINTS])
+        assert c["mean"][0] == pytest.approx(known(v, "lav").mean(), abs=1e-12)
+        assert c["std"][0] == pytest.approx(known(v, "lav").std(ddof=1), abs=1e-12)
+        assert c["mean"][5] == pytest.approx(known(v, "intra_0.5").mean(), abs=1e-12)
+        assert (c["n"] == 3).all()
+
+
+def test_auc_effective_robustness_and_normalisation(runs):
+    s = robustness.robustness_summary(load.main_runs(runs))
+    row = {r["variant"]: r for r in s.iter_rows(named=True)}
+    # Mean curves are linear, f(p) = lav - slope * p, so the trapezoid is exact: lav - slope / 2.
+    assert row["fsrf"]["auc"] == pytest.approx(0.85 - 0.3 / 2, abs=1e-12)
+    assert row["no_dhf"]["auc"] == pytest.approx(0.83 + 0.005 / 3 - 0.4 / 2, abs=1e-12)
+    assert row["late_fusion"]["auc"] == pytest.approx(0.86 - 0.5 / 2, abs=1e-12)
+    # Per seed the curve is shifted by the seed offset: AUC_s = AUC + offset; std over seeds = std of offsets.
+    assert row["fsrf"]["auc_seed_std"] == pytest.approx(np.std(OFFSET["fsrf"], ddof=1), abs=1e-12)
+    # ER = sum_p (f - b - f0 + b0) = sum_p (slope_b - slope_f) p = (slope_b - slope_f) * 5.5
+    p = np.array([0.0, *INTRA_POINTS])
+    assert row["fsrf"]["effective"] == pytest.approx(float(np.sum((0.5 - 0.3) * p)), abs=1e-12)
+    assert row["fsrf"]["effective"] == pytest.approx(1.1, abs=1e-12)
+    assert row["no_dhf"]["effective"] == pytest.approx(0.55, abs=1e-12)
+    assert row["late_fusion"]["effective"] == pytest.approx(0.0, abs=1e-12)
+    for col in ("auc_norm", "effective_norm"):
+        vals = s[col].to_numpy()
+        assert vals.min() == 0.0 and vals.max() == 1.0 and ((vals >= 0) & (vals <= 1)).all()
+    assert row["fsrf"]["auc_norm"] == 1.0 and row["late_fusion"]["auc_norm"] == 0.0
+    assert row["no_dhf"]["effective_norm"] == pytest.approx(0.5, abs=1e-12)
+    # Two variants: no normalisation; no baseline: no effective robustness.
+    two = robustness.robustness_summary(load.main_runs(runs).filter(pl.col("variant") != "late_fusion"))
+    assert two["auc_norm"].null_count() == 2 and two["effective"].null_count() == 2
+
+
+def test_overlap_study(runs):
+    ov = robustness.overlap_study(runs)
+    assert ov["overlap"].to_list() == [0.0, 0.5, 1.0, None]  # independent views last
+    for r in ov.iter_rows(named=True):
+        x = np.array(OVERLAP_AVG_MISSING[r["overlap"]]) if r["overlap"] is not None else known("fsrf", "avg_missing")
+        assert r["mean"] == pytest.approx(x.mean(), abs=1e-12)
+        assert r["std"] == pytest.approx(x.std(ddof=1), abs=1e-12)
+        assert r["n"] == len(x)
+    assert robustness.overlap_study(load.main_runs(runs)).filter(pl.col("overlap").is_not_null()).height == 0
+
+
+# -- tuning ---------------------------------------------------------------------------------------------
+
+def test_tuning_views(study):
+    st = load.trials_from_study(study["tune_dir"])
+    assert st.params == ["loss.lambda1", "loss.margin", "missing.schedule"]
+    assert st.epochs is not None and st.epochs.height == 2
+    bsf = tuning.best_so_far(st.trials)
+    obj = st.trials[load.OBJECTIVE].to_list()
+    expect, best = [], -math.inf
+    for v in obj:
+        best = max(best, v) if v is not None else best
+        expect.append(best)
+    assert bsf["best"].to_list() == pytest.approx(expect)
+    assert bsf["objective"][3] is None and bsf["trial"].to_list() == list(range(1, 31))
+
+    dists = tuning.distributions(st.trials, st.params)
+    assert dists["loss.lambda1"].log and not dists["loss.margin"].log
+    assert set(dists["missing.schedule"].choices) == {"constant", "linear", "cosine", "step"}
+
+    imp = tuning.importance(st.trials, seeds=(0, 1, 2))
+    assert set(imp) == set(st.params)
+    assert sum(imp.values()) == pytest.approx(1.0, abs=1e-6)
+    assert next(iter(imp)) == "loss.lambda1" and imp["loss.lambda1"] > 0.8
+
+    matrix, names, ticks, y = tuning.parallel_axes(st.trials)
+    assert matrix.shape == (29, 4) and names[-1] == "objective"
+    assert np.nanmin(matrix) >= 0 and np.nanmax(matrix) <= 1
+
+
+# -- probe ----------------------------------------------------------------------------------------------
+
+def test_probe_r2():
+    arrays = representations()
+    r2 = probe.factorization_probe(arrays)
+    assert r2["R_ho"] > 0.9
+    assert r2["R_he"] < 0.1 and r2["R_n"] < 0.1
+    emb, labels = probe.embed_2d(arrays)
+    assert set(emb) == {"R_ho", "R_he", "R_n"} and emb["R_ho"].shape == (300, 2) and labels.shape == (300,)
+    with pytest.raises(InputError, match="shared"):
+        probe.factorization_probe({k: v for k, v in arrays.items() if k != "shared"})
+    with pytest.raises(InputError, match="shape"):
+        probe.check({**arrays, "ho": arrays["ho"][:, :2]})
+
+
+def test_representations_from_mlflow(study):
+    found = load.representations_from_mlflow(study["uri"], study["parent"])
+    assert [(r.variant, r.seed) for r in found] == [("fsrf", 0)]
+    assert np.allclose(found[0].arrays["shared"], representations()["shared"])

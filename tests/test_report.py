@@ -1,0 +1,164 @@
+"""analysis/report.py end to end on the known store of test_analysis.py: files, MLflow artifacts, the
+rendered page in headless Chromium (DOM and a screenshot), and one-line errors with exit code 2."""
+
+from __future__ import annotations
+
+import json
+import re
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from test_analysis import study  # noqa: E402,F401  (the session-scoped store fixture)
+
+WINDOW = (1400, 900)
+
+
+def report_cli(*args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, str(ROOT / "analysis" / "report.py"), *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=180)
+
+
+@pytest.fixture(scope="module")
+def built(study, tmp_path_factory):
+    """The full report, built in-process (the entry point's own process is tested on bad input below;
+    a second interpreter would spend most of its time importing what this one has imported)."""
+    from analysis import report
+
+    out = tmp_path_factory.mktemp("reports") / "robust-test"
+    assert report.main(["--robustness-run", study["parent"], "--tracking-uri", study["uri"],
+                        "--study-dir", str(study["tune_dir"]), "--out", str(out), "--extra-metrics", "MAE"]) == 0
+    return out
+
+
+def test_report_files_and_artifacts(study, built):
+    assert (built / "report.html").is_file()
+    assert not list(built.parent.glob(".*tmp*"))  # the temporary folder was renamed, nothing left over
+    for name in ("curves", "table1_bars_Non0_F1_score", "overlap", "embedding", "tuning_best_so_far",
+                 "tuning_importance", "tuning_parallel"):
+        for ext in ("png", "svg"):
+            assert (built / "figures" / f"{name}.{ext}").stat().st_size > 1000, f"{name}.{ext}"
+    for name in ("table1_Non0_F1_score", "table1_MAE", "table2_Non0_F1_score"):
+        for ext in ("csv", "md", "tex"):
+            assert (built / "tables" / f"{name}.{ext}").is_file()
+    for name in ("runs", "curves_Non0_F1_score", "robustness_Non0_F1_score", "overlap_Non0_F1_score", "probe_r2",
+                 "tuning_importance", "configs_per_variant", "table1_Non0_F1_score_pvalues"):
+        assert (built / "tables" / f"{name}.csv").is_file(), name
+    versions = json.loads((built / "versions.json").read_text())
+    assert {"python", "torch", "ray", "mlflow", "optuna", "polars", "pot", "fsrf"} <= set(versions)
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=study["uri"])
+    logged = {Path(a.path).name for a in client.list_artifacts(study["parent"], "report")}
+    assert {"report.html", "figures", "tables", "versions.json", "configs.json"} <= logged
+    figs = {Path(a.path).name for a in client.list_artifacts(study["parent"], "report/figures")}
+    assert {"curves.png", "curves.svg"} <= figs
+
+
+def test_report_text_has_the_numbers(built):
+    page = (built / "report.html").read_text()
+    # FSRF avg_missing (percent) and its AUC 0.85 - 0.3 / 2 = 0.700 appear in the written explanation.
+    assert "AUC 0.700" in page
+    assert "effective robustness 1.100" in page
+    assert re.search(r"R_ho: R² = (0\.9\d\d|1\.000); R_he: R² = -?0\.0", page)
+    assert "Omitted" not in page  # every section had its input
+
+
+def _chromium() -> str:
+    exe = shutil.which("chromium") or "/usr/bin/chromium"
+    if not Path(exe).exists():
+        proc = subprocess.run("apt-get update -qq && apt-get install -y -qq chromium", shell=True,
+                              capture_output=True, text=True, timeout=600)
+        if proc.returncode or not Path("/usr/bin/chromium").exists():
+            pytest.skip(f"chromium is not installed and apt could not install it: {proc.stderr.strip()[-200:]}")
+        exe = "/usr/bin/chromium"
+    return exe
+
+
+def _browse(what: list[str], url: str, *, window=WINDOW) -> subprocess.CompletedProcess:
+    profile = tempfile.mkdtemp(prefix="chromium-")
+    try:
+        return subprocess.run(
+            [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars",
+             f"--user-data-dir={profile}", f"--window-size={window[0]},{window[1]}", "--virtual-time-budget=10000",
+             *what, url], capture_output=True, text=True, timeout=120)
+    finally:
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+# Added to a copy of the page only to measure where the browser laid out the curves figure; it changes
+# nothing visible, so the screenshot of the original page has the figure at the same place.
+MEASURE = ("<script>var r=document.querySelector('#fig-curves img').getBoundingClientRect();"
+           "document.body.setAttribute('data-curves',[r.left,r.top,r.width,r.height].join(','));</script></body>")
+
+
+def test_report_renders_in_chromium(built):
+    page = built / "report.html"
+    probe_page = built / "measure.html"
+    probe_page.write_text(page.read_text().replace("</body>", MEASURE))
+    try:
+        dom = _browse(["--dump-dom"], probe_page.as_uri())
+    finally:
+        probe_page.unlink()
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    html = dom.stdout
+    curves = html.split('id="fig-curves"', 1)[1].split("</figure>", 1)[0]
+    assert '<img alt="' in curves and 'src="data:image/png;base64,iVBORw0KGgo' in curves  # a PNG signature
+    table1 = html.split('id="table-table1_Non0_F1_score"', 1)[1].split("</table>", 1)[0]
+    assert "<sup>*</sup>" in table1 and "w/o DHF" in table1
+    import mlflow
+    versions = html.split('id="versions-table"', 1)[1].split("</table>", 1)[0]
+    assert f"<td>{mlflow.__version__}</td>" in versions and "<td>polars</td>" in versions
+    left, top, width, height = (float(x) for x in html.split('data-curves="', 1)[1].split('"', 1)[0].split(","))
+    assert width > 300 and height > 150  # the image was decoded and laid out
+
+    # Screenshot of the original page, the window tall enough to hold the figure; width as asked.
+    window = (WINDOW[0], max(WINDOW[1], int(top + height) + 40))
+    shot = built / "screenshot.png"
+    proc = _browse([f"--screenshot={shot}"], page.as_uri(), window=window)
+    assert proc.returncode == 0 and shot.is_file(), proc.stderr[-2000:]
+    from PIL import Image
+
+    img = np.asarray(Image.open(shot).convert("RGB"), dtype=np.float64)
+    assert img.shape[:2] == (window[1], window[0])
+    assert img.var() > 0
+    region = img[int(top): int(top + height), int(left): int(left + width)]
+    assert (region.min(axis=2) < 200).mean() > 0.02  # ink: lines, bands, axes, text
+    # FSRF's line colour (#1f77b4) is drawn in that region.
+    fsrf = np.abs(region - np.array([31, 119, 180])).max(axis=2) < 30
+    assert fsrf.sum() > 50
+
+
+def test_report_from_parquet_omits_what_it_lacks(study, tmp_path):
+    from analysis import report
+
+    out = tmp_path / "from-parquet"
+    assert report.main(["--runs-parquet", str(study["parquet"]), "--out", str(out)]) == 0
+    page = (out / "report.html").read_text()
+    assert page.count('class="note">Omitted') == 3  # probe and configs need MLflow; no --study-dir
+    assert 'id="fig-curves"' in page and (out / "figures" / "curves.svg").is_file()
+
+
+def test_bad_input_is_one_line_and_exit_2(study, tmp_path):
+    proc = report_cli("--robustness-run", "0" * 32, "--tracking-uri", study["uri"], "--out", str(tmp_path / "r"))
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and proc.stderr.startswith("error: ")
+    assert "0" * 32 in proc.stderr and "not found" in proc.stderr
+    missing = tmp_path / "nope" / "runs.parquet"
+    proc = report_cli("--runs-parquet", str(missing), "--out", str(tmp_path / "r"))
+    assert proc.returncode == 2 and proc.stderr.strip() == f"error: {missing}: no such file (expected a robustness " \
+                                                            "study's runs.parquet)"
+    assert not (tmp_path / "r").exists() and not list(tmp_path.glob(".r.*"))

@@ -1,0 +1,400 @@
+"""End-to-end tests of the study platform: ``studies/tune_lambdas.py`` run as a user runs it.
+
+Each study runs in a fresh interpreter (its own local Ray with 2 CPUs, its own folder as the working
+directory: ``./mlflow.db`` and ``./runs/tune``) on the real synthetic data shrunk to a few dozen samples.
+One module-scoped study (4 trials x 2 epochs, trial 2 poisoned with NaN) feeds most assertions; the Ray
+Train path and resume each need a study of their own. Every process a study leaves behind (found by a
+marker in its environment, never by name) is killed, so other Ray sessions on the machine are untouched.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from fsrf.config import flatten, load_config
+from studies.space import load_space
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "studies" / "tune_lambdas.py"
+SPACE = ROOT / "configs" / "search_space.yaml"
+TINY = ["data.size_scale=0.05", "model.width=16", "model.seq_width=8"]
+ARGS = [a for kv in TINY for a in ("--set", kv)] + ["--cpus", "2"]
+OBJECTIVE = "val/Non0_F1_score/objective"
+BEST = "best/" + OBJECTIVE
+# SPEC section 6: params every trial run carries, by these flat dotted names.
+SPEC_PARAMS = ("loss.lambda1", "loss.lambda2", "loss.tau", "loss.sinkhorn_eps", "loss.margin", "loss.noise_mu",
+               "loss.noise_sigma2", "missing.schedule", "train.lr", "seed")
+MARK = "FSRF_TEST_MARK"
+
+# The shared study.
+N_TRIALS, MAX_EPOCHS, NAN_TRIAL = 4, 2, 2
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+def study_env(cwd: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
+    env.update(PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1",
+               RAY_USAGE_STATS_ENABLED="0", **{MARK: str(cwd)})
+    return env
+
+
+def marked_pids(cwd: Path) -> list[int]:
+    """Processes whose environment carries this test's marker: the driver, Ray's daemons and workers."""
+    needle = f"{MARK}={cwd}\0".encode()
+    pids = []
+    for d in glob.glob("/proc/[0-9]*"):
+        try:
+            with open(f"{d}/environ", "rb") as f:
+                if needle in f.read():
+                    pids.append(int(d[6:]))
+        except OSError:
+            continue
+    return [p for p in pids if p != os.getpid()]
+
+
+def reap(cwd: Path, *, grace: float = 0.0) -> list[int]:
+    """Wait up to ``grace`` s for the study's processes to exit, then SIGKILL what is left; returns those."""
+    deadline = time.time() + grace
+    left = marked_pids(cwd)
+    while left and time.time() < deadline:
+        time.sleep(0.5)
+        left = marked_pids(cwd)
+    for pid in left:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return left
+
+
+def run_study(cwd: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run the CLI in ``cwd``; on a timeout, kill everything it started before failing."""
+    try:
+        return subprocess.run([sys.executable, str(SCRIPT), *ARGS, *args], cwd=cwd, env=study_env(cwd),
+                              capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        reap(cwd)
+        raise
+
+
+def tail(proc) -> str:
+    return f"exit {proc.returncode}\n--- stdout\n{proc.stdout[-3000:]}\n--- stderr\n{proc.stderr[-6000:]}"
+
+
+class Mlflow:
+    """What a study left in ``<cwd>/mlflow.db``: the parent run and its children."""
+
+    def __init__(self, cwd: Path, name: str):
+        from mlflow.tracking import MlflowClient
+
+        self.client = MlflowClient(tracking_uri=f"sqlite:///{cwd / 'mlflow.db'}")
+        exp = self.client.get_experiment_by_name(name)
+        assert exp is not None, f"no MLflow experiment {name!r}"
+        self.runs = self.client.search_runs([exp.experiment_id], max_results=1000)
+        parents = [r for r in self.runs if r.data.tags.get("fsrf.role") == "study"]
+        assert len(parents) == 1, f"expected one parent run, got {len(parents)}"
+        self.parent = parents[0]
+        self.children = [r for r in self.runs if r.data.tags.get("mlflow.parentRunId") == self.parent.info.run_id]
+
+    def by_index(self, index: int):
+        (run,) = [r for r in self.children if r.data.tags.get("fsrf.trial_index") == str(index)]
+        return run
+
+    def history(self, run, key: str) -> list[tuple[int, float]]:
+        return [(m.step, m.value) for m in
+                sorted(self.client.get_metric_history(run.info.run_id, key), key=lambda m: (m.step, m.timestamp))]
+
+
+def base_flat() -> dict:
+    return flatten(load_config(None, TINY))
+
+
+# ---------------------------------------------------------------------------------- the shared study
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory, fsrf_cache):
+    """4 trials x 2 epochs (OptunaSearch + ASHA, grace 1), trial 2 poisoned with NaN and never retried."""
+    cwd = tmp_path_factory.mktemp("study")
+    t0 = time.time()
+    proc = run_study(cwd, "--name", "s", "--num-samples", str(N_TRIALS), "--max-epochs", str(MAX_EPOCHS),
+                     "--grace-period", "1", "--nan-trial", str(NAN_TRIAL), "--max-failures", "0")
+    wall = time.time() - t0
+    leftover = reap(cwd, grace=15)  # a study that exits shuts its local Ray down
+    print(f"shared study: {wall:.1f} s")
+    assert proc.returncode == 0, tail(proc)
+    folder = cwd / "runs" / "tune" / "s"
+    return dict(cwd=cwd, proc=proc, wall=wall, leftover=leftover, ml=Mlflow(cwd, "s"),
+                trials=pl.read_parquet(folder / "trials.parquet"), epochs=pl.read_parquet(folder / "epochs.parquet"),
+                space=load_space(SPACE, load_config(None, TINY)))
+
+
+def test_mlflow_parent_and_one_nested_child_per_trial(study):
+    ml = study["ml"]
+    parent = ml.parent
+    assert parent.info.status == "FINISHED"
+    assert parent.info.run_name == "study-s"
+    assert len(ml.children) == N_TRIALS
+    assert {r.info.run_id for r in ml.runs} == {parent.info.run_id} | {r.info.run_id for r in ml.children}
+    assert [r.info.run_name for r in ml.runs if r.info.status == "RUNNING"] == []
+    ids = [r.data.tags["fsrf.trial_id"] for r in ml.children]
+    assert len(set(ids)) == N_TRIALS  # one run per trial, no duplicates
+    assert sorted(int(r.data.tags["fsrf.trial_index"]) for r in ml.children) == list(range(1, N_TRIALS + 1))
+    for run in ml.children:
+        m = re.fullmatch(r"trial-(\d{3})-lr(\d)e-(\d)", run.info.run_name)
+        assert m, run.info.run_name
+        assert int(m[1]) == int(run.data.tags["fsrf.trial_index"])
+        lr = float(run.data.params["train.lr"])
+        assert float(f"{m[2]}e-{m[3]}") == pytest.approx(lr, rel=0.5)  # the name shows the trial's lr
+        assert run.data.tags["fsrf.status"] == run.info.status
+    # the parent holds the study's settings and its search space
+    assert parent.data.params["study.num_samples"] == str(N_TRIALS)
+    assert parent.data.params["space.train.lr"].startswith("loguniform")
+    assert parent.data.params["study.searched"].split(",") == study["space"].names
+
+
+def test_every_trial_run_has_the_spec_params_in_range(study):
+    ml, space, base = study["ml"], study["space"], base_flat()
+    done = [r for r in ml.children if r.info.status == "FINISHED"]
+    assert len(done) == N_TRIALS - 1
+    for run in ml.children:
+        params = run.data.params
+        assert set(SPEC_PARAMS) <= set(params), sorted(set(SPEC_PARAMS) - set(params))
+        assert params["model.width"] == "16" and params["data.size_scale"] == "0.05"  # the --set overrides
+        for p in space.params:
+            if p.distribution == "choice":
+                assert params[p.name] in p.values, (run.info.run_name, p.name, params[p.name])
+            else:
+                assert p.low <= float(params[p.name]) <= p.high, (run.info.run_name, p.name, params[p.name])
+    # trial 1 evaluates the base config (start_with_base: true); the others are sampled and all differ
+    first = ml.by_index(1).data.params
+    assert {n: first[n] for n in space.names} == {n: str(base[n]) for n in space.names}
+    points = {tuple(r.data.params[n] for n in space.names) for r in ml.children}
+    assert len(points) == N_TRIALS
+    for p in space.params:
+        if p.distribution != "choice":
+            assert len({r.data.params[p.name] for r in ml.children}) == N_TRIALS, p.name
+
+
+def test_objective_and_train_loss_logged_every_epoch(study):
+    ml, trials = study["ml"], study["trials"]
+    epochs_of = dict(zip(trials["trial_id"], trials["epochs"]))
+    done = [r for r in ml.children if r.info.status == "FINISHED"]
+    assert max(epochs_of[r.data.tags["fsrf.trial_id"]] for r in done) == MAX_EPOCHS  # ASHA let one finish
+    for run in done:
+        n = epochs_of[run.data.tags["fsrf.trial_id"]]
+        assert n >= 1
+        objective = ml.history(run, OBJECTIVE)
+        assert [s for s, _ in objective] == list(range(1, n + 1)), run.info.run_name
+        assert [s for s, _ in ml.history(run, "train/total")] == list(range(1, n + 1))
+        assert all(math.isfinite(v) for _, v in objective)
+        # best/... is the objective at the best epoch so far
+        assert ml.history(run, BEST)[-1][1] == pytest.approx(max(v for _, v in objective))
+        reason = run.data.tags["fsrf.stop_reason"]
+        assert reason == ("completed" if n == MAX_EPOCHS else f"early-stopped by the scheduler after {n} epochs")
+
+
+def test_tuning_never_logs_test_metrics(study):
+    ml = study["ml"]
+    for run in ml.runs:
+        assert not [k for k in run.data.metrics if k.startswith("test/") or "/test/" in k], run.info.run_name
+        assert any(k.startswith("val/") or k.startswith("best/val/") for k in run.data.metrics) \
+            or run.info.status == "FAILED", run.info.run_name
+    for table in (study["trials"], study["epochs"]):
+        assert not [c for c in table.columns if "test/" in c]
+
+
+def test_parquet_tables_agree_with_mlflow(study):
+    ml, trials, epochs, space = study["ml"], study["trials"], study["epochs"], study["space"]
+    assert trials.height == N_TRIALS
+    assert trials["trial_id"].n_unique() == N_TRIALS
+    assert set(trials["trial_id"]) == {r.data.tags["fsrf.trial_id"] for r in ml.children}
+    assert set(space.names) | {BEST, "trial_id", "status", "epochs"} <= set(trials.columns)
+    by_id = {r.data.tags["fsrf.trial_id"]: r for r in ml.children}
+    for row in trials.iter_rows(named=True):
+        run = by_id[row["trial_id"]]
+        for name in space.names:  # the table holds the params the run was logged with
+            logged = run.data.params[name]
+            assert (logged == row[name]) if isinstance(row[name], str) else float(logged) == row[name], name
+        if row["status"] == "TERMINATED":
+            assert row[BEST] == pytest.approx(run.data.metrics[BEST])
+            hist = epochs.filter(pl.col("trial_id") == row["trial_id"]).sort("epoch")
+            assert hist["epoch"].to_list() == list(range(1, row["epochs"] + 1))
+            assert hist[OBJECTIVE].to_list() == pytest.approx([v for _, v in ml.history(run, OBJECTIVE)])
+            assert hist["train/total"].to_list() == pytest.approx([v for _, v in ml.history(run, "train/total")])
+    # the parent's best is the table's best, with that trial's config
+    parent = ml.parent
+    best = trials.filter(pl.col(BEST).is_not_null()).sort(BEST, descending=True).row(0, named=True)
+    assert parent.data.metrics[BEST] == pytest.approx(trials[BEST].max())
+    assert parent.data.metrics["study/trials"] == N_TRIALS
+    for name in space.names:
+        got = parent.data.params[f"best.{name}"]
+        assert (got == best[name]) if isinstance(best[name], str) else float(got) == best[name], name
+    assert f"{best[BEST]:.4f}" in study["proc"].stdout  # the summary printed for the user
+
+
+def test_failed_trial_ends_failed_and_the_study_goes_on(study):
+    """``--nan-trial 2 --max-failures 0``: trial 2 fails, its run says why; the study still exits 0."""
+    ml, trials, proc = study["ml"], study["trials"], study["proc"]
+    bad = ml.by_index(NAN_TRIAL)
+    assert bad.info.status == "FAILED"
+    assert bad.data.tags["fsrf.status"] == "FAILED"
+    reason = bad.data.tags["fsrf.stop_reason"]
+    assert "lambda1" in reason and "nan" in reason.lower(), reason
+    assert not [k for k in bad.data.metrics if k.startswith("val/")]  # it failed in its first epoch
+    assert sorted(r.info.status for r in ml.children if r is not bad) == ["FINISHED"] * (N_TRIALS - 1)
+    row = trials.filter(pl.col("trial_id") == bad.data.tags["fsrf.trial_id"]).row(0, named=True)
+    assert row["status"] == "ERROR" and "nan" in row["error"].lower()
+    assert trials.filter(pl.col("status") == "TERMINATED").height == N_TRIALS - 1
+    # a study with failed trials still completes (exit 0) and reports them
+    assert proc.returncode == 0
+    assert f"{N_TRIALS} trials (1 errored)" in proc.stdout
+    assert ml.parent.data.metrics["study/errored"] == 1
+
+
+def test_study_leaves_no_process_behind(study):
+    assert study["leftover"] == []
+
+
+# -------------------------------------------------------------------------------- the Ray Train path
+
+def test_ray_train_workers_log_the_same_schema(study, tmp_path):
+    """2 Train workers (DDP over gloo on CPU) per trial, holding both CPUs of the local Ray."""
+    t0 = time.time()
+    try:
+        proc = run_study(tmp_path, "--name", "t", "--num-samples", "1", "--max-epochs", str(MAX_EPOCHS),
+                         "--grace-period", "1", "--workers-per-trial", "2", "--cpus-per-trial", "2", timeout=240)
+    finally:
+        reap(tmp_path, grace=10)
+    print(f"Ray Train study: {time.time() - t0:.1f} s")
+    assert proc.returncode == 0, tail(proc)
+    ml = Mlflow(tmp_path, "t")
+    (run,) = ml.children
+    assert run.info.status == "FINISHED" and ml.parent.info.status == "FINISHED"
+    assert run.data.params["study.workers_per_trial"] == "2"
+    plain = next(r for r in study["ml"].children if r.info.status == "FINISHED")
+    assert set(run.data.metrics) == set(plain.data.metrics)
+    assert set(run.data.params) == set(plain.data.params)
+    assert [s for s, _ in ml.history(run, OBJECTIVE)] == list(range(1, MAX_EPOCHS + 1))
+    assert [s for s, _ in ml.history(run, "train/total")] == list(range(1, MAX_EPOCHS + 1))
+    assert "world_size=2" in proc.stderr  # Ray Train set up a 2-process group for the trial
+    trial_id = run.data.tags["fsrf.trial_id"]
+    assert list((tmp_path / "runs" / "tune" / "train").glob(f"train-{trial_id}*")), "no Ray Train run folder"
+
+
+# ----------------------------------------------------------------------------------------------- resume
+
+def _trial_states(study_dir: Path) -> dict[str, str]:
+    """trial id -> status in Tune's newest experiment snapshot (what ``--resume`` restores from)."""
+    files = sorted(study_dir.glob("experiment_state-*.json"), key=lambda p: p.stat().st_mtime)
+    if not files:
+        return {}
+    try:
+        data = json.loads(files[-1].read_text())
+    except (OSError, ValueError):
+        return {}
+    out = {}
+    for item in data.get("trial_data", []):
+        trial = json.loads(item[0] if isinstance(item, list) else item)
+        out[trial["trial_id"]] = trial["status"]
+    return out
+
+
+def _reported(study_dir: Path) -> dict[str, int]:
+    """trial id -> epochs the driver has received (lines of the trial folder's ``result.json``)."""
+    out = {}
+    for path in study_dir.glob("*/result.json"):
+        try:
+            lines = [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
+        except (OSError, ValueError):
+            continue
+        if lines:
+            out[lines[-1]["trial_id"]] = len(lines)
+    return out
+
+
+def test_resume_after_a_killed_driver(tmp_path):
+    """SIGKILL the driver's process group once a trial has finished and the next one is mid-way;
+    ``--resume`` completes the study without re-running the finished trial or duplicating any run."""
+    n, epochs = 3, 5
+    # --cpus-per-trial 2: one trial at a time, so the kill falls between "trial 1 done" and "trial 2 done";
+    # grace = max epochs: ASHA stops nobody.
+    study_args = ["--name", "r", "--num-samples", str(n), "--max-epochs", str(epochs), "--grace-period", str(epochs),
+                  "--cpus-per-trial", "2"]
+    study_dir = tmp_path / "runs" / "tune" / "r"
+    t0 = time.time()
+    with open(tmp_path / "first.log", "w") as log:
+        first = subprocess.Popen([sys.executable, str(SCRIPT), *ARGS, *study_args], cwd=tmp_path,
+                                 env=study_env(tmp_path), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            while True:
+                done = {t for t, s in _trial_states(study_dir).items() if s == "TERMINATED"}
+                if done and any(t not in done for t in _reported(study_dir)):
+                    time.sleep(0.5)  # let the driver's callbacks log that epoch to MLflow too
+                    break
+                assert first.poll() is None, (tmp_path / "first.log").read_text()[-4000:]
+                assert time.time() - t0 < 240, "no trial finished in time"
+                time.sleep(0.2)
+        finally:
+            os.killpg(first.pid, signal.SIGKILL)
+            first.wait()
+            left = reap(tmp_path, grace=2)
+    killed_at = time.time() - t0
+    states = _trial_states(study_dir)
+    finished = {t for t, s in states.items() if s == "TERMINATED"}
+    assert finished and len(finished) < n, states
+
+    ml = Mlflow(tmp_path, "r")
+    assert ml.parent.info.status == "RUNNING"  # the driver really died mid-study
+    before = {r.data.tags["fsrf.trial_id"]: r for r in ml.children}
+    in_flight = [r for r in ml.children if r.info.status == "RUNNING" and ml.history(r, OBJECTIVE)]
+    assert in_flight, "no trial was mid-way when the driver died"
+    kept = {}
+    for trial_id in finished:
+        assert before[trial_id].info.status == "FINISHED"
+        kept[trial_id] = [(m.step, m.value, m.timestamp) for m in
+                          ml.client.get_metric_history(before[trial_id].info.run_id, OBJECTIVE)]
+        assert [s for s, _, _ in kept[trial_id]] == list(range(1, epochs + 1))
+
+    t1 = time.time()
+    try:
+        proc = run_study(tmp_path, *study_args, "--resume", timeout=240)
+    finally:
+        reap(tmp_path, grace=10)
+    print(f"resume: killed after {killed_at:.1f} s ({len(finished)} finished, {len(in_flight)} mid-way, "
+          f"{len(left)} leftover processes killed), resumed run {time.time() - t1:.1f} s")
+    assert proc.returncode == 0, tail(proc)
+
+    ml = Mlflow(tmp_path, "r")  # still exactly one parent (asserted inside), now FINISHED
+    assert ml.parent.info.status == "FINISHED"
+    assert [r.info.run_name for r in ml.runs if r.info.status == "RUNNING"] == []
+    ids = [r.data.tags["fsrf.trial_id"] for r in ml.children]
+    assert len(ids) == n and len(set(ids)) == n  # one run per trial: none duplicated by the resume
+    assert sorted(int(r.data.tags["fsrf.trial_index"]) for r in ml.children) == list(range(1, n + 1))
+    for run in ml.children:
+        trial_id = run.data.tags["fsrf.trial_id"]
+        assert run.info.status == "FINISHED", (run.info.run_name, run.data.tags.get("fsrf.stop_reason"))
+        if trial_id in before:
+            assert run.info.run_id == before[trial_id].info.run_id  # re-attached, not recreated
+        history = ml.client.get_metric_history(run.info.run_id, OBJECTIVE)
+        if trial_id in finished:  # not run again: its history is exactly what it was
+            assert [(m.step, m.value, m.timestamp) for m in history] == kept[trial_id]
+        else:
+            assert {m.step for m in history} == set(range(1, epochs + 1))
+    trials = pl.read_parquet(study_dir / "trials.parquet")
+    assert trials.height == n and set(trials["trial_id"]) == set(ids)
+    assert trials["status"].to_list() == ["TERMINATED"] * n
