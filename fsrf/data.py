@@ -174,6 +174,8 @@ def synthetic(*, preset: str = "mosi", seed: int = 0, size_scale: float = 1.0,
             split.latents[f"specific_{m}"] = h[m].astype(np.float32)
             split.latents[f"noise_{m}"] = alpha.astype(np.float32)
         split.latents["specific_l"] = h["l"].astype(np.float32)
+        for m in ("l", "a", "v"):
+            split.latents[f"view_{m}"] = u[m].astype(np.float32)  # the shared latent as modality m sees it
         out[name] = split
     return out
 

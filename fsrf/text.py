@@ -43,14 +43,15 @@ def resolve_path(path: str | None) -> str:
 
 
 def identity(path: str) -> str:
-    """A short hash of the encoder's config and weights files (name, size and head bytes)."""
+    """A short hash of the encoder's config, vocabulary and weights files (their whole content)."""
     h = hashlib.sha256()
     for f in sorted(Path(path).iterdir()):
         if f.suffix in (".json", ".safetensors", ".bin", ".txt") and f.is_file():
             h.update(f.name.encode())
             h.update(str(f.stat().st_size).encode())
             with f.open("rb") as fh:
-                h.update(fh.read(1 << 20))
+                for chunk in iter(lambda: fh.read(1 << 24), b""):
+                    h.update(chunk)
     return f"{Path(path).name}-{h.hexdigest()[:12]}"
 
 

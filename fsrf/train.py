@@ -289,11 +289,12 @@ def fit(cfg: RunConfig, *, prep: Prepared | None = None, report: Report | None =
         model.load_state_dict(resume["model"])
         opt.load_state_dict(resume["optimizer"])
         gen.set_state(resume["generator"])
+        torch.set_rng_state(resume["torch_rng"])  # dropout draws from the global generator
         best, history, first_epoch = resume["best"], resume["history"], resume["epoch"] + 1
 
     def state(epoch: int) -> dict:
         return {"epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                "generator": gen.get_state(), "best": best, "history": history}
+                "generator": gen.get_state(), "torch_rng": torch.get_rng_state(), "best": best, "history": history}
 
     objective = f"val/{HEADLINE}/objective"
     total_nonconverged = 0

@@ -129,6 +129,13 @@ def parse_space(params: Any, *, start_with_base: Any = True, where: str = "searc
             except InputError as err:
                 raise InputError(where, field, f"range end {value!r} is refused by the config: "
                                  f"{str(err).split(': ', 1)[1]}") from None
+        if start_with_base:  # the first trial is the base config: it must be a point of the space
+            value = fields[name]
+            inside = value in param.values if dist == "choice" else (
+                isinstance(value, (int, float)) and param.low <= value <= param.high)
+            if not inside:
+                raise InputError(where, field, f"the base config's value {value!r} lies outside {param.describe()}: "
+                                 "widen the range, change the base config, or set start_with_base: false")
         out.append(param)
     return SearchSpace(tuple(out), start_with_base)
 

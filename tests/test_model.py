@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -118,10 +120,8 @@ def test_gradients_finite_and_reach_every_parameter(ablation):
 def _perturb(x: Inputs, name: str, where: torch.Tensor, scale: float = 100.0, seed: int = 1) -> Inputs:
     """A copy of ``x`` with large random changes to modality ``name`` at the (B, T) positions ``where``."""
     g = torch.Generator().manual_seed(seed)
-    y = Inputs(x.text.clone(), x.text_valid, x.audio.clone(), x.audio_valid, x.vision.clone(), x.vision_valid)
-    feats = getattr(y, name)
-    feats += scale * torch.randn(feats.shape, generator=g) * where[..., None]
-    return y
+    feats = getattr(x, name)
+    return replace(x, **{name: feats + scale * torch.randn(feats.shape, generator=g) * where[..., None]})
 
 
 FIELD = {"l": "text", "a": "audio", "v": "vision"}
@@ -212,16 +212,14 @@ def test_live_encoder_replaces_dropped_tokens_with_unk(tiny_bert, condition):
     dropped = view.drop[0]
     assert dropped.any() and (x.text_valid & ~dropped).any()
     # the same ids with the dropped words written as [UNK] by hand, and nothing dropped in text
-    by_hand = Inputs(x.text.masked_fill(dropped, UNK), *[getattr(x, f) for f in
-                                                          ("text_valid", "audio", "audio_valid", "vision", "vision_valid")])
+    by_hand = replace(x, text=x.text.masked_fill(dropped, UNK))
     valid = x.valid()
     zeroed = (torch.zeros_like(dropped),) + tuple(view.zeroed(i, valid[i]) for i in (1, 2))
     ref = model(by_hand, view.present, zeroed)
     torch.testing.assert_close(out.score, ref.score, rtol=0, atol=1e-6)
     torch.testing.assert_close(out.h[:, 0], ref.h[:, 0], rtol=0, atol=1e-6)
     # and not some other token: [PAD] (0) in their place gives another C_L
-    other = Inputs(x.text.masked_fill(dropped, 0), *[getattr(x, f) for f in
-                                                      ("text_valid", "audio", "audio_valid", "vision", "vision_valid")])
+    other = replace(x, text=x.text.masked_fill(dropped, 0))
     assert not torch.allclose(model(other, view.present, zeroed).h[:, 0], out.h[:, 0], atol=1e-4)
 
 
@@ -232,8 +230,7 @@ def test_live_encoder_absent_text_is_zero_and_ignores_ids(tiny_bert):
     assert not view.present[:, 0].any()
     # C_L = 0, so H_l is the output layer's bias
     torch.testing.assert_close(out.h[:, 0], model.encoders["l"].out.bias.expand(B, D))
-    y = Inputs(torch.randint(1000, 1200, x.text.shape), *[getattr(x, f) for f in
-                                                         ("text_valid", "audio", "audio_valid", "vision", "vision_valid")])
+    y = replace(x, text=torch.randint(1000, 1200, x.text.shape))
     assert torch.equal(run(model, y, "av")[0].score, out.score)
 
 

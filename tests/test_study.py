@@ -330,11 +330,12 @@ def _reported(study_dir: Path) -> dict[str, int]:
 def test_resume_after_a_killed_driver(tmp_path):
     """SIGKILL the driver's process group once a trial has finished and the next one is mid-way;
     ``--resume`` completes the study without re-running the finished trial or duplicating any run."""
-    n, epochs = 3, 5
+    n, epochs = 3, 4
     # --cpus-per-trial 2: one trial at a time, so the kill falls between "trial 1 done" and "trial 2 done";
-    # grace = max epochs: ASHA stops nobody.
+    # grace = max epochs: ASHA stops nobody; batches of 4 make an epoch last long enough (~1 s) for the test
+    # to kill the driver right after trial 2's first epoch.
     study_args = ["--name", "r", "--num-samples", str(n), "--max-epochs", str(epochs), "--grace-period", str(epochs),
-                  "--cpus-per-trial", "2"]
+                  "--cpus-per-trial", "2", "--set", "train.batch_size=4"]
     study_dir = tmp_path / "runs" / "tune" / "r"
     t0 = time.time()
     with open(tmp_path / "first.log", "w") as log:
@@ -343,17 +344,18 @@ def test_resume_after_a_killed_driver(tmp_path):
         try:
             while True:
                 done = {t for t, s in _trial_states(study_dir).items() if s == "TERMINATED"}
+                # (the driver's MLflow callback runs before Tune's JSON logger writes result.json)
                 if done and any(t not in done for t in _reported(study_dir)):
-                    time.sleep(0.5)  # let the driver's callbacks log that epoch to MLflow too
                     break
                 assert first.poll() is None, (tmp_path / "first.log").read_text()[-4000:]
                 assert time.time() - t0 < 240, "no trial finished in time"
-                time.sleep(0.2)
+                time.sleep(0.1)
         finally:
             os.killpg(first.pid, signal.SIGKILL)
             first.wait()
             left = reap(tmp_path, grace=2)
     killed_at = time.time() - t0
+    at_kill = _reported(study_dir)
     states = _trial_states(study_dir)
     finished = {t for t, s in states.items() if s == "TERMINATED"}
     assert finished and len(finished) < n, states
@@ -375,7 +377,7 @@ def test_resume_after_a_killed_driver(tmp_path):
         proc = run_study(tmp_path, *study_args, "--resume", timeout=240)
     finally:
         reap(tmp_path, grace=10)
-    print(f"resume: killed after {killed_at:.1f} s ({len(finished)} finished, {len(in_flight)} mid-way, "
+    print(f"resume: killed after {killed_at:.1f} s ({len(finished)} finished, {len(in_flight)} mid-way, epochs reported {sorted(at_kill.values())}, "
           f"{len(left)} leftover processes killed), resumed run {time.time() - t1:.1f} s")
     assert proc.returncode == 0, tail(proc)
 

@@ -131,9 +131,6 @@ def test_tokenize_shapes(tiny_bert_dir):
     assert (ids[np.arange(len(TEXTS)), lengths - 1] == 102).all()  # [SEP] closes even a truncated text
 
 
-@pytest.mark.xfail(strict=True, reason="fsrf/text.py identity() hashes only the first MiB of each weights file: "
-                                       "two encoders in folders of the same name that differ beyond it share a "
-                                       "cache key (reported; remove this marker when fixed)")
 def test_cache_key_sees_weights_beyond_the_first_mebibyte(tiny_bert_dir, tmp_path):
     from transformers import AutoModel
 

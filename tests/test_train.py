@@ -92,10 +92,7 @@ def test_short_training_beats_chance():
     test = result.test
     assert test[f"test/{HEADLINE}/lav"] > 0.65
     assert test["test/Corr/lav"] > 0.4
-    assert test[f"test/{HEADLINE}/lav"] > test[f"test/{HEADLINE}/intra_1.0"]  # nothing left, nothing learnt
-    objective = [h[f"val/{HEADLINE}/objective"] for h in result.history]
-    assert result.best_epoch == objective.index(max(objective))  # the selection rule of the module docstring
-    assert result.val[f"val/{HEADLINE}/objective"] == max(objective)
+    assert test[f"test/{HEADLINE}/lav"] > test[f"test/{HEADLINE}/intra_1.0"] + 0.1  # nothing left, nothing learnt
 
 
 # ------------------------------------------------------------------------------------------------
@@ -118,18 +115,20 @@ def test_same_seed_same_metrics_other_seed_differs(tiny_run):
     assert other.test["test/Corr/lav"] != first.test["test/Corr/lav"]
 
 
-# Pinned on Nov 22 2026 with the synthetic generator of that day, MiniLM states, torch 2.13 on CPU.
-# A silent change of data, model, losses, masks or optimisation moves these. If a change is meant to
-# (say, a recalibrated generator), rerun `tiny_run` (print result.history[0]["train/total"] and the test
-# values below), check the new numbers are sane, update them here and say why in the commit message.
-# The lav F1 is that of a nearly constant predictor after 3 steps; MAE and Corr move continuously.
+# Pinned on Nov 22 2026 (synthetic generator of commit 8886614, MiniLM states, torch 2.13, CPU, 1 thread).
+# A silent change of data, model, losses, masks or optimisation moves these. When a change is meant to
+# move them (say, a recalibrated generator): run `pytest tests/test_train.py -k pinned`, whose failure
+# message shows every observed value, check that they are sane, paste them here, and say why in the
+# commit message. The lav F1 is that of a nearly constant predictor after 3 steps; MAE and Corr move
+# continuously, so they catch what the F1 cannot.
 PINNED = {"train/total": 0.19194605574011803, f"test/{HEADLINE}/lav": 0.2347222222222222,
           "test/MAE/lav": 1.3845101957592894, "test/Corr/lav": 0.2986269073791523}
 
 
 def test_pinned_regression_values(tiny_run):
     _, result = tiny_run
-    observed = {"train/total": result.history[0]["train/total"], **{k: result.test[k] for k in PINNED if k.startswith("test/")}}
+    observed = {"train/total": result.history[0]["train/total"],
+                **{k: result.test[k] for k in PINNED if k.startswith("test/")}}
     for key, value in PINNED.items():
         assert observed[key] == pytest.approx(value, rel=1e-4), (key, observed)
 
@@ -156,9 +155,7 @@ def test_the_best_validation_epoch_is_selected_and_tested():
 
 @pytest.mark.parametrize("dropout", [
     0.0,
-    pytest.param(0.1, marks=pytest.mark.xfail(strict=True, reason=(
-        "fit()'s checkpoint lacks the global torch RNG that dropout draws from, and seed_everything resets it "
-        "on resume (reported; remove this marker when fixed)"))),
+    0.1,
 ])
 def test_resume_from_a_checkpoint_continues_the_same_run(dropout):
     cfg = load_config(None, TINY + ["train.epochs=3", f"model.dropout={dropout}"])
@@ -239,7 +236,8 @@ def test_cli_text_only_evaluates_l_intra_and_burst_and_says_so(tmp_path, run_cli
     only = [n for n in result["notes"] if n.startswith("data has only l:")]
     assert len(only) == 1 and "not evaluated" in only[0]
     assert f"note: {only[0]}" in proc.stdout
-    assert "l " in proc.stdout and "lav" not in proc.stdout.splitlines()[-3]
+    summary = next(line for line in proc.stdout.splitlines() if line.startswith("best epoch"))
+    assert f"{HEADLINE}: l " in summary and "lav" not in summary and "avg_missing" not in summary
     # MiniLM separates these sentences (measured: test l Non0 F1 1.0 for seeds 0-2; a constant: 0.33)
     assert result["test"][f"test/{HEADLINE}/l"] > 0.8
 
