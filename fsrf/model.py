@@ -147,6 +147,10 @@ class FSRF(nn.Module):
 
     def forward(self, x: Inputs, present: Tensor, zeroed: tuple[Tensor, Tensor, Tensor]) -> Output:
         """``present`` (B, 3) bool and ``zeroed`` per modality (B, T_m) bool come from a ``missing.View``."""
+        return self.factorize(self.encode(x, present, zeroed))
+
+    def encode(self, x: Inputs, present: Tensor, zeroed: tuple[Tensor, Tensor, Tensor]) -> Tensor:
+        """H (B, M, D): each modality encoded on its own, so H_m depends only on modality m's input."""
         feats = []
         for m in self.modalities:
             i = MODALITIES.index(m)
@@ -154,7 +158,10 @@ class FSRF(nn.Module):
                 feats.append(self.encoders[m](x.text, x.text_valid, zeroed[i], present[:, i]))
             else:
                 feats.append(self.encoders[m](getattr(x, _SEQ[m]), getattr(x, _SEQ[m] + "_valid"), zeroed[i]))
-        h = torch.stack(feats, 1)  # (B, M, D)
+        return torch.stack(feats, 1)  # (B, M, D)
+
+    def factorize(self, h: Tensor) -> Output:
+        """DHF, fusion and head on H (B, M, D)."""
         ho = he = noise = None
         if self.cfg.dhf:
             ho = self.shared(h)  # (B, M, D)

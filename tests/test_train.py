@@ -287,3 +287,21 @@ def test_cli_bad_input_is_one_error_line_and_exit_2(tmp_path, run_cli, args, fra
         assert fragment.format(tmp=tmp_path) in errors[0]
     assert "Traceback" not in proc.stderr
     assert not out.exists()
+
+
+def test_table_conditions_from_shared_encoder_passes_equal_one_pass_per_condition():
+    """evaluate() recombines two encoder passes for Table I: it must equal a pass per condition."""
+    import torch
+
+    from fsrf.missing import TABLE_CONDITIONS, condition_view
+    from fsrf.train import _table_scores, build_model, predict
+
+    cfg = load_config(None, TINY)
+    prep = prepare(cfg)
+    torch.manual_seed(3)
+    model = build_model(cfg, prep).eval()
+    data = prep.splits["valid"]
+    shared = _table_scores(model, data, list(TABLE_CONDITIONS), batch_size=7)
+    for cond in TABLE_CONDITIONS:
+        view = condition_view(cond, data.inputs.valid(), seed=0, available=prep.modalities)
+        torch.testing.assert_close(shared[cond], predict(model, data, view, batch_size=7), rtol=1e-5, atol=1e-6)
