@@ -352,6 +352,10 @@ def fit(cfg: RunConfig, *, prep: Prepared | None = None, report: Report | None =
                                      rate=rate, generator=gen)
             # Sinkhorn warns on every non-converged step: count per epoch instead of flooding the log.
             nonconverged += sum("sinkhorn" in str(w.message) for w in caught)
+            if not torch.isfinite(terms["total"]):  # a step on it would turn the weights NaN, and the next
+                # step fail somewhere less clear (the noise entropy's Cholesky): stop here, saying why
+                raise FloatingPointError(f"train/total is {float(terms['total'].detach())} at epoch {epoch + 1}, "
+                                         f"step {n_batches + 1}")
             opt.zero_grad(set_to_none=True)
             terms["total"].backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)

@@ -67,7 +67,7 @@ def variant_overrides(variant: str) -> dict:
                             "missing.p0": 0.0, "missing.p1": 0.0}}[variant]
 
 
-def tuned_values(args, client) -> tuple[dict, str]:
+def tuned_values(args, uri: str) -> tuple[dict, str]:
     """The searched values of the chosen configuration and a description of where they came from."""
     from fsrf.errors import InputError
 
@@ -80,8 +80,13 @@ def tuned_values(args, client) -> tuple[dict, str]:
             raise InputError(str(path), "best_config", "the study has no finished trial")
         return best, f"study {args.from_study} (best trial)"
     if args.from_run:
+        from studies.tracking import client_for
+
+        store = Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+        if store is not None and not store.is_file():  # opening it would create an empty store
+            raise InputError("--from-run", None, f"run {args.from_run} not found: no MLflow store at {store}")
         try:
-            run = client.get_run(args.from_run)
+            run = client_for(uri).get_run(args.from_run)
         except Exception as err:  # MlflowException: unknown id
             raise InputError("--from-run", None, f"run {args.from_run} not found ({type(err).__name__})") from None
         best = {k[len("best."):]: v for k, v in run.data.params.items() if k.startswith("best.")}
@@ -123,8 +128,7 @@ def main(argv=None) -> int:
 
     uri = tracking.resolve_tracking_uri(args.tracking_uri)
     tracking.check_reachable(uri)
-    client = tracking.client_for(uri)
-    tuned, source = tuned_values(args, client)
+    tuned, source = tuned_values(args, uri)
     base_cfg = load_config(args.config, args.overrides)
     raw = apply_overrides(base_cfg.model_dump(), {k: _typed(v) for k, v in tuned.items()})
     base = build_config(raw, where=source)
@@ -133,6 +137,7 @@ def main(argv=None) -> int:
     for spec in specs:  # refuse a bad variant config before anything starts
         build_config(apply_overrides(base.model_dump(), {**variant_overrides(spec["variant"]), "seed": spec["seed"]}),
                      where=spec_name(spec))
+    runtime.check_data(base)
 
     import ray  # noqa: F401
     from ray import tune
@@ -148,6 +153,7 @@ def main(argv=None) -> int:
     trainable = tune.with_resources(tune.with_parameters(worker.robustness_trainable, settings=settings),
                                     {"cpu": args.cpus_per_run})
 
+    client = tracking.client_for(uri)  # only now: a SQLite store is created when first opened
     exp_id = tracking.experiment_id(client, args.name, artifact_root=Path("mlartifacts") / args.name)
     tags = {"fsrf.study": args.name, "fsrf.objective": "test protocol (SPEC section 2)",
             "fsrf.data": f"{base.data.source}/{base.data.preset}"}
@@ -189,10 +195,13 @@ def main(argv=None) -> int:
     wall = time.time() - started
     tracking.log_metrics(client, parent, {"study/wall_time_s": wall, "study/runs": len(table),
                                           "study/errored": len(specs) - len(table)}, step=0)
-    client.set_terminated(parent, status="FINISHED")
+    interrupted = results.num_terminated + results.num_errors < len(results)
+    client.set_terminated(parent, status="KILLED" if interrupted else "FINISHED")
     print_summary(table, wall, len(specs))
+    if interrupted:
+        print("the study was interrupted: the parent run is marked KILLED; its finished runs are kept", file=sys.stderr)
     print(f"report: python analysis/report.py --robustness-run {parent}"
-          + ("" if args.tracking_uri is None else f" --tracking-uri {uri}"))
+          + ("" if args.tracking_uri is None else f" --tracking-uri {tracking.redact(uri)}"))
     return 0
 
 
@@ -216,9 +225,11 @@ def runs_table(results, tracker):
     """One row per finished run: run_id, variant, seed, overlap and every test metric."""
     import polars as pl
 
+    from studies.worker import FAILED_REASON
+
     rows = []
     for r in results:
-        if r.error or not r.metrics:
+        if r.error or not r.metrics or r.metrics.get(FAILED_REASON):
             continue
         spec = r.config["spec"]
         row = {"run_id": tracker.runs.get(r.metrics.get("trial_id")), "variant": spec["variant"],

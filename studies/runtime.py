@@ -1,4 +1,4 @@
-"""Starting or joining Ray for a study."""
+"""Starting or joining Ray for a study, and what must hold before it starts."""
 
 from __future__ import annotations
 
@@ -27,3 +27,24 @@ def start_ray(address: str | None, cpus: float | None) -> float:
         env["PYTHONPATH"] = str(ROOT)
         ray.init(num_cpus=cpus or os.cpu_count(), include_dashboard=False, runtime_env={"env_vars": env})
     return float(ray.cluster_resources().get("CPU", 1))
+
+
+def load_data(cfg):
+    """The splits named by ``cfg.data`` (``fsrf.data.load_dataset`` with the config's fields)."""
+    from fsrf.data import load_dataset
+
+    d = cfg.data
+    return load_dataset(source=d.source, preset=d.preset, seed=d.seed, size_scale=d.size_scale, path=d.path,
+                        trust_pickle=d.trust_pickle, text_column=d.text_column, label_column=d.label_column,
+                        split_column=d.split_column)
+
+
+def check_data(cfg) -> None:
+    """Read a file-backed dataset (``data.source`` mmsa or transcripts) once in the driver, before Ray.
+
+    A missing, unreadable or malformed file, or a pickle without ``data.trust_pickle``, is then refused
+    in seconds with one line naming the file and field, instead of failing every trial on the cluster.
+    Synthetic data is generated from the validated config and cannot be wrong.
+    """
+    if cfg.data.source != "synthetic":
+        load_data(cfg)

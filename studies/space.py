@@ -132,7 +132,8 @@ def parse_space(params: Any, *, start_with_base: Any = True, where: str = "searc
         if start_with_base:  # the first trial is the base config: it must be a point of the space
             value = fields[name]
             inside = value in param.values if dist == "choice" else (
-                isinstance(value, (int, float)) and param.low <= value <= param.high)
+                isinstance(value, (int, float)) and param.low <= value
+                and (value < param.high if dist == "randint" else value <= param.high))  # randint excludes high
             if not inside:
                 raise InputError(where, field, f"the base config's value {value!r} lies outside {param.describe()}: "
                                  "widen the range, change the base config, or set start_with_base: false")

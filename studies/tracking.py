@@ -11,11 +11,13 @@ and ``fsrf.stop_reason``. Runs end FINISHED, FAILED or KILLED: never left RUNNIN
 
 from __future__ import annotations
 
+import base64
 import math
 import os
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -37,20 +39,41 @@ def resolve_tracking_uri(uri: str | None, root: str | Path = ".") -> str:
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         return f"sqlite:///{Path(uri[len('sqlite:///'):]).resolve()}"
     if "://" not in uri:
-        raise InputError("--tracking-uri", None, f"{uri!r} is not a URI (sqlite:///path/mlflow.db, "
+        raise InputError("--tracking-uri", None, f"{redact(uri)!r} is not a URI (sqlite:///path/mlflow.db, "
                          "http://host:port or postgresql://...)")
     return uri
 
 
+def redact(uri: str) -> str:
+    """``uri`` without its password (``postgresql://user:***@host/db``): for messages, files and logs."""
+    parts = urllib.parse.urlsplit(uri)
+    if parts.password is None:
+        return uri
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
+
+
 def check_reachable(uri: str, *, timeout: float = 5.0) -> None:
-    """Fail fast, with one line, when an HTTP tracking server does not answer."""
+    """Fail fast, with one line, when an HTTP tracking server does not answer.
+
+    Credentials in the URI (``http://user:password@host:port``, which MLflow's client sends as basic
+    auth) go into an Authorization header: urllib cannot open such a URL itself.
+    """
     if not uri.startswith(("http://", "https://")):
         return
+    parts = urllib.parse.urlsplit(uri)
+    host = parts.netloc.rsplit("@", 1)[-1]
+    url = urllib.parse.urlunsplit(parts._replace(netloc=host, path=parts.path.rstrip("/") + "/health"))
+    request = urllib.request.Request(url)
+    if parts.username is not None:
+        token = base64.b64encode(f"{urllib.parse.unquote(parts.username)}:"
+                                 f"{urllib.parse.unquote(parts.password or '')}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
     try:
-        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout).read()
+        urllib.request.urlopen(request, timeout=timeout).read()
     except (urllib.error.URLError, OSError, ValueError) as err:
         reason = getattr(err, "reason", err)
-        raise InputError("--tracking-uri", None, f"tracking server {uri} is unreachable ({reason})") from None
+        raise InputError("--tracking-uri", None, f"tracking server {redact(uri)} is unreachable ({reason})") from None
 
 
 def client_for(uri: str):
@@ -187,6 +210,10 @@ class TrialTracker(tune.Callback):
         self.client.set_terminated(run_id, status=status)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
+        failed = failed_reason(trial)
+        if failed:  # the trainable stopped it (a non-finite loss): an error, though Tune saw a clean end
+            self._end(trial, "FAILED", failed)
+            return
         epochs = int((trial.last_result or {}).get("epoch", 0))
         reason = "completed" if epochs >= self.max_epochs else f"early-stopped by the scheduler after {epochs} epochs"
         if self.artifacts and trial.checkpoint is not None:
@@ -209,6 +236,13 @@ class TrialTracker(tune.Callback):
             self.client.set_terminated(run.info.run_id, status=status)
             n += 1
         return n
+
+
+def failed_reason(trial) -> str | None:
+    """Why the trainable stopped this trial itself (``failed_reason`` of its last report), if it did."""
+    from studies.worker import FAILED_REASON
+
+    return (trial.last_result or {}).get(FAILED_REASON)
 
 
 def error_reason(trial) -> str:
@@ -237,15 +271,17 @@ class ProgressPrinter(tune.Callback):
         value = result.get(self.metric)
         if isinstance(value, (int, float)):
             self.best = max(self.best, value)
-        if any(k.startswith("test/") for k in result):
-            return  # the final test report of a robustness run repeats the last epoch
+        if any(k.startswith("test/") for k in result) or "failed_reason" in result:
+            return  # the final test report of a robustness run repeats the last epoch; failures: below
         self._line(f"{self.name(trial)} epoch {result.get('epoch', '?')}/{self.max_epochs}  "
                    f"objective {result.get(self.metric.removeprefix('best/'), float('nan')):.4f}  "
                    f"study best {self.best:.4f}")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         done = sum(t.status in ("TERMINATED", "ERROR") for t in trials) + 1
-        self._line(f"{self.name(trial)} done ({done}/{len(trials)} trials finished)")
+        failed = failed_reason(trial)
+        state = f"FAILED: {failed}" if failed else "done"
+        self._line(f"{self.name(trial)} {state} ({done}/{len(trials)} trials finished)")
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._line(f"{self.name(trial)} FAILED: {error_reason(trial)}")

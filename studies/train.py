@@ -39,15 +39,20 @@ def main(argv=None) -> int:
     args = parse(argv)
     from fsrf.config import load_config
     from fsrf.errors import InputError
-    from fsrf.train import HEADLINE, fit
 
+    # Every input is checked before the heavy imports and before the first line of output.
     cfg = load_config(args.config, (SMOKE if args.smoke_test else []) + args.overrides)
     out = Path(args.output)
     if out.exists() and not out.is_dir():
         raise InputError(str(out), "--output", "exists and is not a folder")
+    from studies.runtime import load_data
+
+    splits = load_data(cfg)
+    from fsrf.train import HEADLINE, fit, prepare
+
     print(f"fsrf: data={cfg.data.source}/{cfg.data.preset} epochs={cfg.train.epochs} seed={cfg.seed} "
           f"dhf={cfg.model.dhf} das={cfg.model.das} noise={cfg.model.noise}", file=sys.stderr)
-    result = fit(cfg)
+    result = fit(cfg, prep=prepare(cfg, splits=splits))
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / f".metrics.json.{os.getpid()}"
     tmp.write_text(json.dumps(result.to_json(cfg), indent=1))

@@ -83,8 +83,8 @@ def main(argv=None) -> int:
     validate(args)
     from fsrf.config import flatten, load_config
     from fsrf.errors import InputError
+    from studies import runtime, tracking
     from studies import space as space_mod
-    from studies import tracking
 
     base = load_config(args.config, args.overrides)
     space = space_mod.load_space(args.space, base)
@@ -97,6 +97,7 @@ def main(argv=None) -> int:
         raise InputError(str(study_dir), "--resume", "no study to resume here (run without --resume first)")
     if not args.resume and state_file.is_file():
         raise InputError(str(study_dir), "--name", "a study of this name exists: pass --resume, or a new --name")
+    runtime.check_data(base)
 
     import ray
     from ray import tune
@@ -104,7 +105,7 @@ def main(argv=None) -> int:
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
-    from studies import runtime, worker
+    from studies import worker
 
     started = time.time()
     total_cpus = runtime.start_ray(args.address, args.cpus)
@@ -122,7 +123,7 @@ def main(argv=None) -> int:
     settings = worker.TrialSettings(base=flatten(base), max_epochs=args.max_epochs,
                                     threads=max(1, int(per_worker)), workers=args.workers_per_trial,
                                     cpus_per_worker=per_worker, use_gpu=use_gpu, storage=str(storage),
-                                    nan_trial=args.nan_trial)
+                                    nan_trial=args.nan_trial, metrics=tuple(MULTI) if args.multi_objective else (OBJECTIVE,))
     fn = worker.train_trainable if args.workers_per_trial else worker.function_trainable
     trainable = tune.with_resources(tune.with_parameters(fn, settings=settings), resources)
 
@@ -164,7 +165,8 @@ def main(argv=None) -> int:
           f"on {total_cpus:g} CPUs ({'Ray Train, %d worker(s)' % args.workers_per_trial if args.workers_per_trial else 'function trainable'})",
           file=sys.stderr, flush=True)
     if not args.resume:
-        state_file.write_text(json.dumps({"parent_run_id": parent, "experiment_id": exp_id, "uri": uri}))
+        state_file.write_text(json.dumps({"parent_run_id": parent, "experiment_id": exp_id,
+                                          "uri": tracking.redact(uri)}))
     status = "KILLED"
     try:
         if args.resume:
@@ -193,8 +195,11 @@ def main(argv=None) -> int:
     tracking.log_params(client, parent, {f"best.{k}": v for k, v in summary["best_config"].items()})
     for f in ("trials.parquet", "epochs.parquet", "summary.json"):
         client.log_artifact(parent, str(study_dir / f))
-    client.set_terminated(parent, status="FINISHED")
+    interrupted = results.num_terminated + results.num_errors < len(results)
+    client.set_terminated(parent, status="KILLED" if interrupted else "FINISHED")
     _print_summary(summary, wall, uri, exp_id, study_dir)
+    if interrupted:
+        print("the study was interrupted: continue it with --resume", file=sys.stderr)
     ray.shutdown()
     return 0
 
@@ -209,18 +214,29 @@ def summarise(results, space, study_dir: Path, *, multi: bool) -> dict:
     """Write the tidy trial table and the per-epoch table; pick the best trial (or the Pareto front)."""
     import polars as pl
 
+    from studies.worker import FAILED_REASON
+
     rows, epochs = [], []
     for r in results:
         trial_id = r.metrics.get("trial_id") if r.metrics else None
+        last = r.metrics or {}
+        failed = last.get(FAILED_REASON)  # stopped by a non-finite loss: an error without an exception
         hist = r.metrics_dataframe
         if hist is not None and len(hist):
             h = pl.from_pandas(hist)
+            if FAILED_REASON in h.columns:  # the failure report is not an epoch
+                h = h.filter(pl.col(FAILED_REASON).is_null())
+                h = h.with_columns(pl.col("epoch").cast(pl.Int64)) if "epoch" in h.columns else h
             keep = [c for c in h.columns if c.startswith(("val/Non0_F1_score/", "train/", "best/")) or c in ("epoch", "trial_id")]
-            epochs.append(h.select(keep))
-            trial_id = trial_id or h["trial_id"][0]
-        last = r.metrics or {}
-        row = {"trial_id": trial_id, "status": "ERROR" if r.error else "TERMINATED",
-               "error": str(r.error).splitlines()[-1][:500] if r.error else None,
+            if len(h) and "epoch" in h.columns:
+                epochs.append(h.select(keep))
+                trial_id = trial_id or h["trial_id"][0]
+                if failed:
+                    last = h.row(-1, named=True)
+        if failed:
+            last = {"epoch": last.get("epoch", 0), "best_epoch": last.get("best_epoch", 0)}
+        error = failed or (str(r.error).splitlines()[-1][:500] if r.error else None)
+        row = {"trial_id": trial_id, "status": "ERROR" if error else "TERMINATED", "error": error,
                "epochs": int(last.get("epoch", 0) or 0), "best_epoch": int(last.get("best_epoch", 0) or 0)}
         row.update({k: r.config.get(k) for k in space.names})
         row.update({k: last.get(k) for k in (OBJECTIVE, *MULTI)})
@@ -262,7 +278,9 @@ def _print_summary(summary: dict, wall: float, uri: str, exp_id: str, study_dir:
         print("Pareto front (lav F1 vs avg_missing F1):")
         for row in summary["pareto"]:
             print(f"  {row['trial_id']}: lav {row[MULTI[0]]:.4f}  avg_missing {row[MULTI[1]]:.4f}")
-    ui = uri if uri.startswith("http") else f"mlflow ui --backend-store-uri {uri}"
+    from studies.tracking import redact
+
+    ui = redact(uri) if uri.startswith("http") else f"mlflow ui --backend-store-uri {redact(uri)}"
     print(f"tables: {study_dir}/trials.parquet, epochs.parquet\nMLflow: {ui}  ->  #/experiments/{exp_id}/runs")
 
 

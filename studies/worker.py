@@ -9,10 +9,17 @@ Two ways, the same metrics and checkpoints:
 
 Each epoch reports every train/val metric and, from rank 0 only, a checkpoint (model, optimizer,
 RNG state, best epoch so far); a retried or resumed trial continues from its last checkpoint.
+
+A loss that turns NaN or infinite (``fit`` raises ``FloatingPointError``) ends the trial with a last
+report holding ``failed_reason`` and NaN for the study's metrics, instead of an exception: Tune would
+retry an exception from the last checkpoint, which restores the same weights and RNG state and meets
+the same NaN again (and ``--resume`` would re-run it). The driver's MLflow callback ends such a trial's
+run FAILED with that reason.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
 from dataclasses import dataclass
@@ -24,6 +31,7 @@ import torch
 from fsrf.config import RunConfig, build_config, unflatten
 
 STATE_FILE = "state.pt"
+FAILED_REASON = "failed_reason"  # result key of a trial stopped by a non-finite loss
 
 
 @dataclass(frozen=True)
@@ -38,6 +46,7 @@ class TrialSettings:
     use_gpu: bool = False
     storage: str = ""  # absolute Ray storage folder (Train runs are kept under it)
     nan_trial: int | None = None  # test-only: this trial index makes its loss NaN (fault-tolerance tests)
+    metrics: tuple[str, ...] = ()  # the study's metrics: a non-finite trial's last report sets them to NaN
 
 
 def trial_config(settings: TrialSettings, sampled: dict[str, Any]) -> RunConfig:
@@ -74,11 +83,24 @@ def prepared_for(cfg: RunConfig):
     return _PREPARED[key]
 
 
-def _maybe_poison(cfg: RunConfig, settings: TrialSettings, index: int) -> RunConfig:
-    """Test-only switch: the trial whose index is ``nan_trial`` gets lambda1 = NaN, so its loss is NaN."""
-    if settings.nan_trial is None or index != settings.nan_trial:
-        return cfg
-    return cfg.model_copy(update={"loss": cfg.loss.model_copy(update={"lambda1": float("nan")})})
+def _poisoned(settings: TrialSettings, index: int) -> bool:
+    return settings.nan_trial is not None and index == settings.nan_trial
+
+
+def _poison(prep):
+    """Test-only switch: NaN training labels, so the task loss, and the total with it, turn NaN in the
+    first batch (the config stays valid: a NaN loss weight would be refused by the config itself)."""
+    from fsrf.train import SplitTensors
+
+    train = prep.splits["train"]
+    nan_labels = SplitTensors(train.inputs, torch.full_like(train.labels, float("nan")))
+    return dataclasses.replace(prep, splits={**prep.splits, "train": nan_labels})
+
+
+def failed_result(settings: TrialSettings, err: BaseException) -> dict[str, Any]:
+    """The last report of a trial whose loss became non-finite (see the module docstring)."""
+    reason = f"non-finite loss, not retried: {type(err).__name__}: {err}"
+    return {**{m: float("nan") for m in settings.metrics}, FAILED_REASON: reason}
 
 
 def function_trainable(config: dict[str, Any], settings: TrialSettings) -> None:
@@ -88,8 +110,9 @@ def function_trainable(config: dict[str, Any], settings: TrialSettings) -> None:
     from fsrf.train import fit
 
     cfg = trial_config(settings, config)
-    ctx = tune.get_context()
-    cfg = _maybe_poison(cfg, settings, _index(ctx))
+    prep = prepared_for(cfg)
+    if _poisoned(settings, _index(tune.get_context())):
+        prep = _poison(prep)
     torch.set_num_threads(settings.threads)
 
     def report(epoch: int, metrics: dict, state) -> None:
@@ -97,8 +120,11 @@ def function_trainable(config: dict[str, Any], settings: TrialSettings) -> None:
             save_state(state(), d)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
 
-    fit(cfg, prep=prepared_for(cfg), report=report, resume=load_state(tune.get_checkpoint()),
-        evaluate_test=False, log=lambda s: None)
+    try:
+        fit(cfg, prep=prep, report=report, resume=load_state(tune.get_checkpoint()),
+            evaluate_test=False, log=lambda s: None)
+    except FloatingPointError as err:
+        tune.report(failed_result(settings, err))
 
 
 def _index(ctx) -> int:
@@ -117,6 +143,9 @@ def train_worker(loop_config: dict[str, Any]) -> None:
 
     settings: TrialSettings = loop_config["settings"]
     cfg = build_config(unflatten(loop_config["run"]), where="trial config")
+    prep = prepared_for(cfg)
+    if loop_config.get("poison"):
+        prep = _poison(prep)
     torch.set_num_threads(settings.threads)
     rank = ray.train.get_context().get_world_rank()
 
@@ -128,7 +157,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         else:
             ray.train.report(metrics)
 
-    fit(cfg, prep=prepared_for(cfg), report=report, resume=load_state(ray.train.get_checkpoint()),
+    fit(cfg, prep=prep, report=report, resume=load_state(ray.train.get_checkpoint()),
         evaluate_test=False, log=lambda s: None)
 
 
@@ -140,10 +169,11 @@ def train_trainable(config: dict[str, Any], settings: TrialSettings) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     ctx = tune.get_context()
-    cfg = _maybe_poison(trial_config(settings, config), settings, _index(ctx))
+    cfg = trial_config(settings, config)
     trainer = TorchTrainer(
         train_worker,
-        train_loop_config={"run": _flatten(cfg), "settings": settings},
+        train_loop_config={"run": _flatten(cfg), "settings": settings,
+                           "poison": _poisoned(settings, _index(ctx))},
         scaling_config=ray.train.ScalingConfig(num_workers=settings.workers, use_gpu=settings.use_gpu,
                                                resources_per_worker={"CPU": settings.cpus_per_worker}),
         # A deterministic name lets the Train run resume after the Tune trial is restored.
@@ -151,7 +181,28 @@ def train_trainable(config: dict[str, Any], settings: TrialSettings) -> None:
                                        storage_path=str(Path(settings.storage) / "train"),
                                        callbacks=[TuneReportCallback()]),
     )
-    trainer.fit()
+    try:
+        trainer.fit()
+    except Exception as err:  # WorkerGroupError/ControllerError: the workers' errors are inside
+        nonfinite = _nonfinite(err)
+        if nonfinite is None:
+            raise
+        tune.report(failed_result(settings, nonfinite))
+
+
+def _nonfinite(err: BaseException) -> BaseException | None:
+    """The ``FloatingPointError`` a Train worker raised, if that is what failed the TorchTrainer."""
+    seen, todo = set(), [err]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, FloatingPointError):
+            return e
+        todo += [e.__cause__, e.__context__, getattr(e, "controller_failure", None),
+                 *getattr(e, "worker_failures", {}).values()]
+    return None
 
 
 def _flatten(cfg: RunConfig) -> dict[str, Any]:
@@ -187,7 +238,11 @@ def robustness_trainable(config: dict[str, Any], settings: TrialSettings) -> Non
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
 
     prep = prepared_for(cfg)
-    result = fit(cfg, prep=prep, report=report, resume=load_state(tune.get_checkpoint()), log=lambda s: None)
+    try:
+        result = fit(cfg, prep=prep, report=report, resume=load_state(tune.get_checkpoint()), log=lambda s: None)
+    except FloatingPointError as err:
+        tune.report(failed_result(settings, err))
+        return
     final = {**result.val, **result.test, "epoch": len(result.history), "best_epoch": result.best_epoch + 1,
              "wall_time_s": result.wall_time_s}
     with tempfile.TemporaryDirectory() as d:

@@ -106,7 +106,8 @@ def test_missing_space_file_is_refused(tmp_path):
 @pytest.mark.parametrize("params, field", [
     ({"loss.lambda1": u(0.5, 1.0)}, "params.loss.lambda1"),  # the base value is 0.2
     ({"missing.schedule": {"distribution": "choice", "values": ["linear", "step"]}}, "params.missing.schedule"),
-], ids=["range-excludes-base", "choice-excludes-base"])
+    ({"train.batch_size": u(8, 32, "randint")}, "params.train.batch_size"),  # randint excludes high (32, the base)
+], ids=["range-excludes-base", "choice-excludes-base", "randint-high-is-the-base"])
 def test_base_point_outside_the_space_is_refused(params, field):
     with pytest.raises(InputError) as err:
         parse_space(params, start_with_base=True)
