@@ -116,6 +116,9 @@ class EvalConfig(_Section):
 
     mask_seed: int = 1234  # every model is evaluated on the same masks
     batch_size: int = Field(256, ge=1)
+    # Text-only data: also evaluate the word-drop curve the field's way, each dropped token's id
+    # replaced by [UNK] before a live encoder (conditions unk_0.1 .. unk_1.0), beside zeroed states.
+    unk_curve: bool = False
 
 
 class RunConfig(_Section):

@@ -232,6 +232,45 @@ def evaluate(model: FSRF, data: SplitTensors, *, modalities: tuple[str, ...], ma
     return summarise(per_cond, prefix=prefix, modalities=modalities)
 
 
+@torch.no_grad()
+def evaluate_unk(model: FSRF, prep: Prepared, *, split: str, mask_seed: int, batch_size: int,
+                 prefix: str) -> dict[str, float]:
+    """The word-drop curve with dropped tokens' ids replaced by ``[UNK]`` before the live encoder.
+
+    The same tokens as the zeroing curve (``intra_p``: same mask seed) are dropped, but the encoder
+    then reads ``[UNK]`` in their place and every other token's state changes with its context, as in
+    the field's code. Text-only data; a frozen-encoder model borrows the live encoder for this pass.
+    Condition names ``unk_0.1`` .. ``unk_1.0`` and ``unk_avg``.
+    """
+    from fsrf import text as text_mod
+
+    if prep.modalities != ("l",):
+        raise ValueError("the [UNK] word-drop curve is defined for text-only data")
+    enc = model.encoders["l"]
+    borrowed = enc.bert is None
+    if borrowed:
+        enc.bert = text_mod.load_encoder(prep.encoder_path).eval()
+        enc.unk_id = text_mod.load_tokenizer(prep.encoder_path).unk_token_id
+    try:
+        tokenizer = text_mod.load_tokenizer(prep.encoder_path)
+        ids, _ = text_mod.tokenize(prep.raw[split].text, tokenizer, prep.splits[split].inputs.text.shape[1])
+        data = prep.splits[split]
+        live = SplitTensors(Inputs(torch.from_numpy(ids), data.inputs.text_valid), data.labels)
+        valid = live.inputs.valid()
+        per_cond = {}
+        for p in INTRA_POINTS:
+            view = condition_view(f"intra_{p}", valid, seed=mask_seed, available=prep.modalities)
+            per_cond[f"unk_{p}"] = sentiment_metrics(predict(model, live, view, batch_size=batch_size).numpy(),
+                                                     data.labels.numpy())
+    finally:
+        if borrowed:
+            enc.bert = None
+    flat = {f"{prefix}/{k}/{c}": v for c, ms in per_cond.items() for k, v in ms.items()}
+    for metric in next(iter(per_cond.values())):
+        flat[f"{prefix}/{metric}/unk_avg"] = float(np.mean([ms[metric] for ms in per_cond.values()]))
+    return flat
+
+
 def summarise(per_cond: dict[str, dict[str, float]], *, prefix: str, modalities: tuple[str, ...]) -> dict[str, float]:
     """Flatten per-condition metrics and add the averages of SPEC section 2 and the objective."""
     flat = {f"{prefix}/{k}/{c}": v for c, ms in per_cond.items() for k, v in ms.items()}
@@ -404,6 +443,10 @@ def fit(cfg: RunConfig, *, prep: Prepared | None = None, report: Report | None =
     if evaluate_test:
         test = evaluate(model, prep.splits["test"], modalities=prep.modalities, mask_seed=cfg.eval.mask_seed,
                         batch_size=cfg.eval.batch_size, prefix="test")
+        if cfg.eval.unk_curve and prep.modalities == ("l",):
+            log("evaluating the [UNK] word-drop curve with the live encoder ...")
+            test.update(evaluate_unk(model, prep, split="test", mask_seed=cfg.eval.mask_seed,
+                                     batch_size=cfg.eval.batch_size, prefix="test"))
     # The selected epoch's validation metrics, now with the burst curve that per-epoch validation skips.
     val = evaluate(model, valid, modalities=prep.modalities, mask_seed=cfg.eval.mask_seed,
                    batch_size=cfg.eval.batch_size, prefix="val")

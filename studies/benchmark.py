@@ -11,7 +11,7 @@ as its spread. Figures and their goals (issue 5):
   text_cache  a step with the live frozen encoder / a step reading the per-token cache            >= 20x
   ray_train   4 trials x 3 epochs through Ray Train / the same in plain processes, same concurrency <= 1.10
   scaling     epoch time mosei / mosi divided by the ratio of sample counts                          <= 1.2
-  memory      peak resident memory of a default-size training run (all processes)                  <= 3 GB
+  memory      peak resident memory of a default-size study (driver, Ray, 2 trial workers)        <= 3 GB
   protocol    the full evaluation protocol / one plain test pass (in passes)                        << 18
 """
 
@@ -159,27 +159,30 @@ def bench_scaling(base: list[str], repeats: int) -> dict:
 
 
 def bench_memory(base: list[str], repeats: int) -> dict:
-    """Peak RSS of a default-size `studies/train.py` run (3 epochs), sampled over its process tree."""
+    """Peak resident memory of a default-size study (2 trials x 2 epochs, 2 at a time, local Ray),
+    summed over the driver and every process it starts (Ray's GCS, raylet, workers)."""
     import subprocess
 
     import psutil
 
-    script = Path(__file__).with_name("train.py")
-    sets = [a for o in base + ["train.epochs=3"] for a in ("--set", o)]
+    script = Path(__file__).with_name("tune_lambdas.py")
+    sets = [a for o in base for a in ("--set", o)]
     peaks = []
-    for _ in range(max(1, repeats // 3)):
-        proc = psutil.Popen([sys.executable, str(script), "--output", "/tmp/fsrf-bench-mem", *sets],
+    for r in range(max(1, repeats // 3)):
+        work = Path(f"/tmp/fsrf-bench-mem-{os.getpid()}-{r}")
+        proc = psutil.Popen([sys.executable, str(script), "--num-samples", "2", "--max-epochs", "2", "--name", "mem",
+                             "--storage", str(work / "ray"), "--tracking-uri", f"sqlite:///{work}/mlflow.db", *sets],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         peak = 0
         while proc.poll() is None:
             try:
                 rss = proc.memory_info().rss + sum(c.memory_info().rss for c in proc.children(recursive=True))
             except psutil.Error:
-                rss = 0
+                continue
             peak = max(peak, rss)
-            time.sleep(0.1)
+            time.sleep(0.2)
         peaks.append(peak / 2**30)
-    return {"gb": stats(peaks), "note": "one training process; a study adds ~0.7 GB per Ray worker process"}
+    return {"gb": stats(peaks), "note": "RSS summed over the process tree (shared pages counted per process)"}
 
 
 def bench_ray_train(base: list[str], repeats: int) -> dict:

@@ -9,7 +9,8 @@
 
 Variants: ``fsrf`` (the configuration as given), ``no_dhf``, ``no_das``, ``no_noise`` (the ablation
 switches of SPEC section 3) and ``late_fusion``, the complete-modality baseline: no factorization, no
-alignment and no MRM (trained on complete inputs only). Each variant is trained with N seeds (default
+alignment and no MRM (trained on complete inputs only). ``ridge`` (by name only) is ridge regression on
+the frozen encoder's mean-pooled word states, the simplest baseline for the language path. Each variant is trained with N seeds (default
 10), the runs in parallel on Ray; each run selects its epoch on validation and is then evaluated once
 on the **test** split under every condition of SPEC section 2 (Table I conditions, the intra curve
 p = 0.1..1.0, the burst curve). Every run is a nested MLflow child run of one robustness parent run;
@@ -27,7 +28,8 @@ from pathlib import Path
 
 from _cli import ROOT, run_main  # noqa: F401  (ROOT on sys.path for `studies`)
 
-VARIANTS = ("fsrf", "no_dhf", "no_das", "no_noise", "late_fusion")
+VARIANTS = ("fsrf", "no_dhf", "no_das", "no_noise", "late_fusion", "ridge")
+DEFAULT_VARIANTS = VARIANTS[:5]  # ridge: add it by name (a text baseline, e.g. on real transcripts)
 SMOKE = ["data.size_scale=0.05", "model.width=32", "model.seq_width=16", "train.epochs=2"]
 
 
@@ -39,7 +41,7 @@ def parse(argv=None) -> argparse.Namespace:
     src.add_argument("--from-run", metavar="RUN_ID", help="use the best config logged on this MLflow parent run")
     ap.add_argument("--config", help="base run config YAML (alone, or under the tuned values)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    ap.add_argument("--variants", default=",".join(VARIANTS), help=f"comma list from {','.join(VARIANTS)}")
+    ap.add_argument("--variants", default=",".join(DEFAULT_VARIANTS), help=f"comma list from {','.join(VARIANTS)}")
     ap.add_argument("--seeds", type=int, default=10, help="seeds per variant (default 10)")
     ap.add_argument("--overlaps", default="", help="extra fsrf runs at these missing.overlap values, e.g. 0,0.5,1")
     ap.add_argument("--epochs", type=int, default=None, help="training epochs (default: the config's)")
@@ -64,7 +66,8 @@ def variant_overrides(variant: str) -> dict:
     return {"fsrf": {}, "no_dhf": {"model.dhf": False}, "no_das": {"model.das": False},
             "no_noise": {"model.noise": False},
             "late_fusion": {"model.dhf": False, "model.das": False, "missing.schedule": "constant",
-                            "missing.p0": 0.0, "missing.p1": 0.0}}[variant]
+                            "missing.p0": 0.0, "missing.p1": 0.0},
+            "ridge": {"encoder.finetune": False}}[variant]
 
 
 def tuned_values(args, uri: str) -> tuple[dict, str]:
