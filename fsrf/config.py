@@ -26,6 +26,7 @@ class DataConfig(_Section):
     """Where samples come from (SPEC section 1)."""
 
     source: Literal["synthetic", "mmsa", "transcripts"] = "synthetic"
+    name: str | None = None  # dataset label for reports (mosi, mosei); synthetic data uses the preset
     seed: int = 0  # synthetic data is fixed by this seed, separate from the training seed
     preset: Literal["mosi", "mosei"] = "mosi"  # synthetic sizes: mosi 1284/229/686, mosei 16326/1871/4659
     size_scale: float = Field(1.0, gt=0, le=1)  # synthetic only: fraction of the preset's sizes (smoke tests)

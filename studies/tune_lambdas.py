@@ -87,6 +87,9 @@ def main(argv=None) -> int:
     from studies import space as space_mod
 
     base = load_config(args.config, args.overrides)
+    if args.multi_objective and base.data.source == "transcripts":
+        raise InputError("--multi-objective", None, "needs audio and vision (lav against avg_missing); "
+                         "transcripts data has only the language modality")
     space = space_mod.load_space(args.space, base)
     uri = tracking.resolve_tracking_uri(args.tracking_uri)
     tracking.check_reachable(uri)
