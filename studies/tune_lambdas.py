@@ -63,6 +63,7 @@ def parse(argv=None) -> argparse.Namespace:
     if args.smoke_test:
         args.num_samples, args.max_epochs, args.grace_period = 2, 2, 1
         args.overrides = SMOKE + args.overrides
+    args.grace_period = min(args.grace_period, args.max_epochs)
     return args
 
 
@@ -163,7 +164,9 @@ def main(argv=None) -> int:
     run_config = tune.RunConfig(
         name=args.name, storage_path=str(storage), callbacks=[tracker, tracking.ProgressPrinter(args.max_epochs, metric=OBJECTIVE)], verbose=0,
         failure_config=tune.FailureConfig(max_failures=args.max_failures),
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=2))
+        # Keep several: Tune deletes old checkpoints before its (lagging) experiment state is synced, and
+        # a driver killed in between resumes a trial from a deleted one (then the trial fails).
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=5))
     print(f"study {args.name}: {args.num_samples} trials x <= {args.max_epochs} epochs, {concurrent} at a time "
           f"on {total_cpus:g} CPUs ({'Ray Train, %d worker(s)' % args.workers_per_trial if args.workers_per_trial else 'function trainable'})",
           file=sys.stderr, flush=True)
@@ -177,6 +180,7 @@ def main(argv=None) -> int:
         else:
             tuner = tune.Tuner(trainable, param_space=space.tune_space(),
                                tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
+                                                           reuse_actors=not args.workers_per_trial,
                                                            num_samples=args.num_samples,
                                                            max_concurrent_trials=concurrent,
                                                            metric=None if args.multi_objective else metric,
@@ -203,6 +207,10 @@ def main(argv=None) -> int:
     _print_summary(summary, wall, uri, exp_id, study_dir)
     if interrupted:
         print("the study was interrupted: continue it with --resume", file=sys.stderr)
+    if summary["trials"] and summary["errored"] == summary["trials"]:
+        print("error: every trial failed (see the FAILED runs' fsrf.stop_reason in MLflow)", file=sys.stderr)
+        ray.shutdown()
+        return 1
     ray.shutdown()
     return 0
 
@@ -226,7 +234,8 @@ def summarise(results, space, study_dir: Path, *, multi: bool) -> dict:
         failed = last.get(FAILED_REASON)  # stopped by a non-finite loss: an error without an exception
         hist = r.metrics_dataframe
         if hist is not None and len(hist):
-            h = pl.from_pandas(hist)
+            # a trial resumed mid-way reports its re-run epochs again: keep the last report of each epoch
+            h = pl.from_pandas(hist).unique(subset=["epoch"], keep="last", maintain_order=True)
             if FAILED_REASON in h.columns:  # the failure report is not an epoch
                 h = h.filter(pl.col(FAILED_REASON).is_null())
                 h = h.with_columns(pl.col("epoch").cast(pl.Int64)) if "epoch" in h.columns else h

@@ -376,8 +376,9 @@ def test_resume_after_a_killed_driver(tmp_path):
         proc = run_study(tmp_path, *study_args, "--resume", timeout=240)
     finally:
         reap(tmp_path, grace=10)
-    print(f"resume: killed after {killed_at:.1f} s ({len(finished)} finished, {len(in_flight)} running, epochs reported {sorted(at_kill.values())}, "
-          f"{len(left)} leftover processes killed), resumed run {time.time() - t1:.1f} s")
+    print(f"resume: killed after {killed_at:.1f} s ({len(finished)} finished, {len(in_flight)} running, "
+          f"epochs reported {sorted(at_kill.values())}, {len(left)} leftover processes killed), "
+          f"resumed run {time.time() - t1:.1f} s")
     assert proc.returncode == 0, tail(proc)
 
     ml = Mlflow(tmp_path, "r")  # still exactly one parent (asserted inside), now FINISHED
