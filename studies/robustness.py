@@ -185,7 +185,7 @@ def main(argv=None) -> int:
                                           epochs, metric="best/val/Non0_F1_score/objective",
                                           name_fn=lambda trial: spec_name(trial.config["spec"]))],
                                       failure_config=tune.FailureConfig(max_failures=args.max_failures),
-                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=2)),
+                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=5)),
         ).fit()
         status = "FINISHED"
     finally:
