@@ -15,17 +15,26 @@ import numpy as np
 import polars as pl
 from matplotlib.figure import Figure
 
-from analysis.load import VARIANT_ORDER, ordered_variants
+from analysis.load import RIDGE, VARIANT_ORDER, ordered_variants
 from analysis.tables import PERCENT, condition_label, variant_name
 
 _COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#7f7f7f", "#ff7f0e", "#8c564b", "#e377c2")
+_FIXED = 5  # the first five variants of VARIANT_ORDER take the first five colours
+RIDGE_COLOR = "#4d4d4d"  # the simplest baseline: dark grey (late fusion is the lighter grey), dotted
+REFERENCE_COLORS = ("#000000", "#8c564b", "#e377c2")  # the paper's values, in PAPER_L order
 DPI = 110
 
 
 def color(variant: str) -> str:
     # Not hash(): str hashes are salted per process and a variant must keep its colour between reports.
-    i = VARIANT_ORDER.index(variant) if variant in VARIANT_ORDER else len(VARIANT_ORDER) + sum(map(ord, variant)) % 3
+    if variant == RIDGE:
+        return RIDGE_COLOR
+    i = VARIANT_ORDER.index(variant) if variant in VARIANT_ORDER[:_FIXED] else _FIXED + sum(map(ord, variant)) % 3
     return _COLORS[i]
+
+
+def linestyle(variant: str) -> str:
+    return ":" if variant == RIDGE else "-"
 
 
 def _scale(metric: str) -> tuple[float, str]:
@@ -42,25 +51,45 @@ def save(fig: Figure, folder: str | Path, name: str) -> list[Path]:
     return [png, svg]
 
 
-def curves_figure(curves: pl.DataFrame, *, metric: str = "Non0_F1_score") -> Figure:
-    """Fig. 2: score against the intra-modality missing ratio p, mean over seeds with a +-1 std band."""
+def curves_figure(curves: pl.DataFrame, *, metric: str = "Non0_F1_score", unk: pl.DataFrame | None = None,
+                  references: dict[str, float] | None = None) -> Figure:
+    """Fig. 2: score against the intra-modality missing ratio p, mean over seeds with a +-1 std band.
+
+    ``curves`` are the zeroed-state curves (``robustness.curves``), solid; the ridge baseline dotted and
+    grey. ``unk``, when given, are the [UNK]-id word-drop curves (``kind="unk"``), dashed in the
+    variant's colour. ``references`` (label -> value, fractions like the curves) are drawn as short
+    horizontal marks at p = 0: the paper's numbers, context only.
+    """
     scale, ylabel = _scale(metric)
-    fig = Figure(figsize=(7.0, 4.2), layout="constrained")
+    two_ways = unk is not None and unk.height > 0
+    fig = Figure(figsize=(7.6 if references else 7.0, 4.6 if references else 4.2), layout="constrained")
     ax = fig.subplots()
-    for variant in ordered_variants(curves["variant"].to_list()):
-        c = curves.filter(pl.col("variant") == variant).sort("p")
-        p, m = c["p"].to_numpy(), c["mean"].to_numpy() * scale
-        s = c["std"].fill_null(0.0).to_numpy() * scale
-        n = c["n"][0]
-        ax.plot(p, m, marker="o", ms=3.5, color=color(variant), label=f"{variant_name(variant)} (n={n})")
-        ax.fill_between(p, m - s, m + s, color=color(variant), alpha=0.18, linewidth=0)
-    ax.set_xlabel("intra-modality missing ratio p (p = 0: complete modalities)")
+    sets = [(curves, "zeroed states", None)] + ([(unk, "[UNK] ids", "--")] if two_ways else [])
+    for frame, how, style in sets:
+        for variant in ordered_variants(frame["variant"].to_list()):
+            c = frame.filter(pl.col("variant") == variant).sort("p")
+            p, m = c["p"].to_numpy(), c["mean"].to_numpy() * scale
+            s = c["std"].fill_null(0.0).to_numpy() * scale
+            n = c["n"][0]
+            name = variant_name(variant) + (", simplest baseline" if variant == RIDGE else "")
+            label = f"{name}{': ' + how if two_ways else ''} (n={n})"
+            ax.plot(p, m, marker="o" if style is None else "s", ms=3.5, color=color(variant),
+                    ls=style or linestyle(variant), label=label, gid=f"curve:{variant}:{how}")
+            ax.fill_between(p, m - s, m + s, color=color(variant), alpha=0.18 if style is None else 0.10,
+                            linewidth=0)
+    for (label, value), c in zip((references or {}).items(), REFERENCE_COLORS):
+        ax.plot([-0.035, 0.07], [value * scale] * 2, color=c, lw=2.4, solid_capstyle="butt",
+                label=f"{label}: {value * scale:.2f} at p = 0 (BERT-base, other protocol)", gid=f"reference:{label}")
+    ax.set_xlabel("intra-modality missing ratio p (p = 0: complete modalities)"
+                  if not two_ways else "word-drop ratio p (p = 0: complete utterances)")
     ax.set_ylabel(ylabel)
     ax.set_xticks(np.round(np.arange(0, 1.01, 0.1), 1))
-    ax.set_xlim(-0.02, 1.02)
+    ax.set_xlim(-0.045 if references else -0.02, 1.02)
     ax.grid(alpha=0.3)
-    ax.legend(frameon=False, fontsize=9)
-    ax.set_title("Robustness to intra-modality missingness (mean ± 1 std over seeds)", fontsize=10)
+    ax.legend(frameon=False, fontsize=8 if (two_ways or references) else 9)
+    title = ("Word drop two ways: zeroed states (solid) and [UNK] ids (dashed); mean ± 1 std over seeds"
+             if two_ways else "Robustness to intra-modality missingness (mean ± 1 std over seeds)")
+    ax.set_title(title, fontsize=10)
     return fig
 
 

@@ -7,7 +7,7 @@ and the same numbers in ``runs.parquet``. Both readers return the *wide* table
     run_id | variant | seed | overlap | test/<metric>/<condition> ...
 
 one row per child run, ``overlap`` null where the views were drawn independently (``missing.overlap``
-= "None"), rows ordered by variant (FSRF first, the late-fusion baseline last) then seed. Everything
+= "None"), rows ordered by variant (FSRF first, the baselines late fusion and ridge last) then seed. Everything
 downstream takes this table. Missing or empty input raises ``fsrf.errors.InputError`` naming the run
 or file, which the report turns into ``error: <one line>`` and exit code 2.
 """
@@ -26,8 +26,10 @@ import polars as pl
 from fsrf.errors import InputError
 
 KEYS = ("run_id", "variant", "seed", "overlap")
-VARIANT_ORDER = ("fsrf", "no_dhf", "no_das", "no_noise", "late_fusion")
+VARIANT_ORDER = ("fsrf", "no_dhf", "no_das", "no_noise", "late_fusion", "ridge")
 BASELINE = "late_fusion"  # the complete-modality method, trained without MRM
+RIDGE = "ridge"  # ridge regression on the frozen mean-pooled word states: the simplest text baseline
+BASELINES = (BASELINE, RIDGE)  # compared with FSRF, but not ablations of it (left out of Table II)
 PARENT_ROLE, CHILD_ROLE = "robustness", "robustness-run"
 OBJECTIVE = "best/val/Non0_F1_score/objective"  # the tuning study's objective column
 REPRESENTATIONS = "representations.npz"
@@ -35,8 +37,8 @@ _KEY_SCHEMA = {"run_id": pl.String, "variant": pl.String, "seed": pl.Int64, "ove
 
 
 def variant_rank(name: str) -> float:
-    """Sort key that puts FSRF first and the baseline last, unknown variants just before the baseline."""
-    return float(VARIANT_ORDER.index(name)) if name in VARIANT_ORDER else len(VARIANT_ORDER) - 1.5
+    """Sort key that puts FSRF first and the baselines last, unknown variants just before the baselines."""
+    return float(VARIANT_ORDER.index(name)) if name in VARIANT_ORDER else VARIANT_ORDER.index(BASELINES[0]) - 0.5
 
 
 def ordered_variants(names) -> list[str]:
@@ -183,6 +185,21 @@ def study_config(tracking_uri: str, parent_run_id: str) -> StudyConfig:
     return StudyConfig(experiment=exp.name, parent_run_id=parent_run_id, parent_name=parent.info.run_name or "",
                        parent_params=dict(sorted(parent.data.params.items())), variant_params=per_variant,
                        tags=tags)
+
+
+def data_param(config: StudyConfig | None, key: str) -> str | None:
+    """One ``data.*`` param of the study's runs (``data.source``, ``data.name``), when every variant that
+    logged it agrees; else the parent's ``base.<key>``; None when unknown (no MLflow config, or mixed)."""
+    if config is None:
+        return None
+    values = {p[key] for p in config.variant_params.values() if key in p}
+    if len(values) == 1:
+        value = next(iter(values))
+        return None if value.startswith("varies: ") or value == "None" else value
+    if values:
+        return None
+    value = config.parent_params.get(f"base.{key}")
+    return None if value in (None, "None") else value
 
 
 def _numeric_first(value: str):

@@ -14,7 +14,11 @@ half-written report; an existing report of the same name is replaced. Unless ``-
 is logged as the artifact folder ``report/`` of the robustness parent run.
 
 Sections whose input is missing (no ``--study-dir``, no ``representations.npz``, no overlap sweep,
-text-only data) are replaced by a one-line note. Bad input: ``error: <one line>``, exit code 2.
+text-only data) are replaced by a one-line note. Text-only studies (``data.source=transcripts``) get both
+word-drop curves when the runs carry ``unk_*`` (``eval.unk_curve``), the ``ridge`` baseline line, one
+note on what needs two or more modalities, and, when the runs' ``data.name`` is mosi or mosei (read from
+MLflow, so not with ``--runs-parquet`` alone), the paper's Table I ``{l}`` values as labelled references.
+Bad input: ``error: <one line>``, exit code 2.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ if str(ROOT) not in sys.path:  # run as `python analysis/report.py` from a check
     sys.path.insert(0, str(ROOT))
 
 from analysis import load  # noqa: E402
-from fsrf.errors import InputError  # noqa: E402
+from fsrf.errors import InputError, run_main  # noqa: E402
 
 HEADLINE = "Non0_F1_score"
 METRICS = ("Non0_F1_score", "Non0_acc_2", "Has0_F1_score", "Has0_acc_2", "Mult_acc_5", "Mult_acc_7", "MAE", "Corr")
@@ -110,19 +114,6 @@ def main(argv=None) -> int:
         client.log_artifacts(args.robustness_run, str(out), artifact_path="report")
         print(f"logged to run {args.robustness_run} as artifacts report/")
     return 0
-
-
-def run_main(fn) -> None:
-    """``fn()``; bad input (``InputError``) becomes ``error: <one line>`` and exit code 2, as in studies/_cli.py."""
-    try:
-        code = fn()
-    except InputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
-    sys.exit(code or 0)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,9 @@
 A curve is f(p) for p = 0, 0.1, ..., 1.0 (SPEC section 5): f(p) for p > 0 is the score under the
 intra-modality condition ``intra_p`` (every available modality loses each frame with probability p),
 and f(0) is the complete-modality score ``lav`` (``l`` for text-only data, whose only modality is
-language). The summaries come from ``fsrf.metrics``: ``relative_robustness`` (trapezoid area under f),
+language). Text-only runs evaluated with ``eval.unk_curve`` also have a second word-drop curve,
+``unk_p``: the same tokens dropped (same masks), but by replacing their ids with ``[UNK]`` before a live
+encoder instead of zeroing their cached states; every function here takes ``kind="unk"`` for it. The summaries come from ``fsrf.metrics``: ``relative_robustness`` (trapezoid area under f),
 ``effective_robustness`` (what is kept beyond the late-fusion baseline shifted to the same clean
 score) and ``minmax_normalise`` across the compared variants.
 """
@@ -21,17 +23,36 @@ from fsrf.metrics import effective_robustness, minmax_normalise, relative_robust
 from fsrf.missing import INTRA_POINTS, intra_name
 
 P_GRID = (0.0, *INTRA_POINTS)  # the 11 points of a curve
+# The two ways to lose a word: ``intra_p`` zeroes the dropped tokens' encoder states (cache-friendly, the
+# platform's default); ``unk_p`` replaces their ids with [UNK] before a live encoder (the field's code).
+KINDS = {"intra": "zeroed states", "unk": "[UNK] ids"}
 
 
-def curve_columns(df: pl.DataFrame, metric: str = "Non0_F1_score") -> list[str]:
-    """The wide table's columns of the 11 curve points, p = 0 first."""
-    return [f"test/{metric}/{complete_condition(df, metric)}"] + [f"test/{metric}/{intra_name(p)}" for p in INTRA_POINTS]
+def point_name(kind: str, p: float) -> str:
+    if kind not in KINDS:
+        raise ValueError(f"unknown curve kind {kind!r}; one of {', '.join(KINDS)}")
+    return intra_name(p) if kind == "intra" else f"unk_{p}"
 
 
-def seed_curves(df: pl.DataFrame, metric: str = "Non0_F1_score") -> dict[str, np.ndarray]:
+def curve_columns(df: pl.DataFrame, metric: str = "Non0_F1_score", kind: str = "intra") -> list[str]:
+    """The wide table's columns of the 11 curve points, p = 0 first (the same f(0) for both kinds)."""
+    return [f"test/{metric}/{complete_condition(df, metric)}"] + [f"test/{metric}/{point_name(kind, p)}"
+                                                                  for p in INTRA_POINTS]
+
+
+def has_curve(df: pl.DataFrame, metric: str = "Non0_F1_score", kind: str = "intra") -> bool:
+    """Whether some run has all 11 points of this kind of curve."""
+    cols = curve_columns(df, metric, kind)
+    if any(c not in df.columns for c in cols):
+        return False
+    x = df.select(cols).to_numpy().astype(np.float64)
+    return bool(np.isfinite(x).all(axis=1).any())
+
+
+def seed_curves(df: pl.DataFrame, metric: str = "Non0_F1_score", kind: str = "intra") -> dict[str, np.ndarray]:
     """Per variant, the (n_seeds, 11) curves of the runs that have all 11 points (others are skipped:
-    a curve with a hole has no area)."""
-    cols = curve_columns(df, metric)
+    a curve with a hole has no area; a variant without any, such as ridge for ``unk``, is absent)."""
+    cols = curve_columns(df, metric, kind)
     missing = [c for c in cols if c not in df.columns]
     if missing:
         raise ValueError(f"the runs lack curve column(s) {', '.join(missing)}")
@@ -44,13 +65,13 @@ def seed_curves(df: pl.DataFrame, metric: str = "Non0_F1_score") -> dict[str, np
     return out
 
 
-def curves(df: pl.DataFrame, metric: str = "Non0_F1_score") -> pl.DataFrame:
+def curves(df: pl.DataFrame, metric: str = "Non0_F1_score", kind: str = "intra") -> pl.DataFrame:
     """Mean and std (ddof=1; null with a single seed) over seeds of f(p), per variant and p.
 
     Columns: variant, p, mean, std, n. Pass ``main_runs(df)`` when the runs include an overlap sweep.
     """
     rows = []
-    for variant, x in seed_curves(df, metric).items():
+    for variant, x in seed_curves(df, metric, kind).items():
         std = x.std(axis=0, ddof=1) if len(x) > 1 else np.full(x.shape[1], np.nan)
         for p, m, s in zip(P_GRID, x.mean(axis=0), std):
             rows.append({"variant": variant, "p": p, "mean": float(m),
@@ -64,7 +85,8 @@ def _mean_std(values: list[float]) -> tuple[float, float | None]:
     return float(a.mean()), (float(a.std(ddof=1)) if a.size > 1 else None)
 
 
-def robustness_summary(df: pl.DataFrame, metric: str = "Non0_F1_score", *, baseline: str = BASELINE) -> pl.DataFrame:
+def robustness_summary(df: pl.DataFrame, metric: str = "Non0_F1_score", *, baseline: str = BASELINE,
+                       kind: str = "intra") -> pl.DataFrame:
     """Per variant: area under the curve and effective robustness, raw and (>= 3 variants) normalised.
 
     - ``auc``: ``relative_robustness`` of the mean curve; ``auc_seed_mean``/``auc_seed_std``: the same
@@ -76,7 +98,7 @@ def robustness_summary(df: pl.DataFrame, metric: str = "Non0_F1_score", *, basel
     - ``auc_norm``, ``effective_norm``: ``minmax_normalise`` across the variants, only with three or
       more variants (MultiBench's convention; with two the result would be just 0 and 1).
     """
-    per_seed = seed_curves(df, metric)
+    per_seed = seed_curves(df, metric, kind)
     base = per_seed[baseline].mean(axis=0) if baseline in per_seed else None
     rows = []
     for variant, x in per_seed.items():

@@ -32,7 +32,18 @@ VARIANT_TEXT = {
     "no_das": "w/o DAS (no self-distillation between the two MRM views)",
     "no_noise": "w/o noise (no noise representation R_n)",
     "late_fusion": "Late fusion (trained on complete data only, without MRM: the complete-modality baseline)",
+    "ridge": "Ridge (ridge regression on the frozen encoder's mean-pooled word states: the simplest baseline)",
 }
+# Parts of FSRF that need two or more modalities: on text-only data they are said to be not applicable.
+MULTIMODAL_ONLY = (
+    "eq (1), the contrastive loss between the modalities' homogeneous representations (with one modality "
+    "there is no pair: the loss is 0)",
+    "the pairwise (cross-modality) margin term of eq (2), also 0",
+    "the inter-modality conditions of Table I ({a}, {v}, {l,a}, ...; only {l} exists) and with them "
+    "Inter-MM in Table II",
+    "the factorization probe and Fig. 3 (homogeneous vs heterogeneous content is defined across modalities)",
+    "the paired-mask overlap study (both MRM views always keep the one modality)",
+)
 
 
 @dataclass(frozen=True)
@@ -139,6 +150,18 @@ def conditions_text(text_only: bool) -> str:
         "dropped independently with probability p = 0.1 .. 1.0; p = 1 drops everything.</li></ul>")
 
 
+def text_only_note(source: str | None, dataset: str | None) -> str:
+    """The one note saying which parts of FSRF do not apply to text-only data (instead of failing or
+    pretending)."""
+    what = f" ({esc(source)}{': ' + esc(dataset.upper()) if dataset else ''})" if source else ""
+    return ('<p class="note" id="text-only-note"><b>Text-only data</b>' + what + ": language is the only modality, "
+            "so the parts of FSRF that need two or more modalities are <b>not applicable</b> and are not reported: "
+            + "; ".join(esc(x) for x in MULTIMODAL_ONLY) + ". What remains is measured: the single-modality "
+            "model (encoder, R_ho/R_he/R_n heads and score head, trained with the cross-sample term of eq (2), "
+            "eq (3) on the noise representation and the self-distillation between the two MRM views), the {l} "
+            "column of Table I, the word-drop curves and the burst drops.</p>")
+
+
 def table1_section(rep: Report, main: pl.DataFrame, metric: str, *, ident: str = "table1", headline: bool = True) -> dict:
     t1 = tables.table1(main, metric)
     if t1.height == 0:
@@ -185,7 +208,8 @@ def table1_section(rep: Report, main: pl.DataFrame, metric: str, *, ident: str =
     return {"t1": t1, "cond": cond, "row": row}
 
 
-def curves_section(rep: Report, main: pl.DataFrame, metric: str, complete: str) -> pl.DataFrame | None:
+def curves_section(rep: Report, main: pl.DataFrame, metric: str, complete: str, *,
+                   references: dict[str, float] | None = None) -> pl.DataFrame | None:
     try:
         cv = robustness.curves(main, metric)
         summary = robustness.robustness_summary(main, metric)
@@ -197,8 +221,19 @@ def curves_section(rep: Report, main: pl.DataFrame, metric: str, complete: str) 
         return None
     rep.csv(cv, f"curves_{metric}")
     rep.csv(summary, f"robustness_{metric}")
-    fig = rep.figure(figures.curves_figure(cv, metric=metric), "curves",
-                     f"{metric} against the intra-modality missing ratio p; band: ±1 std over seeds")
+    unk = unk_summary = None
+    if robustness.has_curve(main, metric, "unk"):
+        unk = robustness.curves(main, metric, kind="unk")
+        unk_summary = robustness.robustness_summary(main, metric, kind="unk")
+        rep.csv(unk, f"curves_unk_{metric}")
+        rep.csv(unk_summary, f"robustness_unk_{metric}")
+    caption = f"{metric} against the intra-modality missing ratio p; band: ±1 std over seeds"
+    if unk is not None:
+        caption = (f"{metric} against the word-drop ratio p, each word lost two ways: its encoder state zeroed "
+                   "(solid) or its id replaced by [UNK] before a live encoder (dashed); band: ±1 std over seeds")
+    if references:
+        caption += "; short black/brown marks at p = 0: " + tables.PAPER_CAVEAT
+    fig = rep.figure(figures.curves_figure(cv, metric=metric, unk=unk, references=references), "curves", caption)
     has_base = summary["effective"].null_count() < summary.height
     lines = []
     for r in summary.iter_rows(named=True):
@@ -225,9 +260,81 @@ def curves_section(rep: Report, main: pl.DataFrame, metric: str, complete: str) 
         + ("With three or more variants both figures are also max-min normalised across them "
            "(<code>*_norm</code>: best 1, worst 0), as MultiBench reports them. " if summary.height >= 3 else "")
         + "</p><p>" + "; ".join(lines) + ".</p>")
-    rep.section("curves", "Robustness curves (Fig. 2) and robustness figures", fig, text,
-                frame_html(show, table_id="robustness-summary"))
+    if load.RIDGE in summary["variant"].to_list():
+        text += ("<p>The grey dotted line is the <b>simplest baseline</b>: ridge regression on the frozen "
+                 "encoder's mean-pooled word states (no network is trained), scored under the same conditions and "
+                 "masks, a dropped word's state counted as zero. A model that does not beat it adds nothing to a "
+                 "linear read-out of what the encoder already gives.</p>")
+    parts = [fig, text]
+    if unk is not None:
+        parts.append(two_ways_text(summary, unk_summary, metric))
+    parts.append(frame_html(show, table_id="robustness-summary"))
+    rep.section("curves", "Robustness curves (Fig. 2) and robustness figures", *parts)
     return summary
+
+
+def two_ways_text(zeroed: pl.DataFrame, unk: pl.DataFrame, metric: str) -> str:
+    """How the two word-drop curves differ, with the AUC of both per variant (a table and a sentence)."""
+    z_auc = {r["variant"]: r for r in zeroed.iter_rows(named=True)}
+    u_auc = {r["variant"]: r for r in unk.iter_rows(named=True)}
+    rows, said = [], []
+    for v in load.ordered_variants(list(z_auc) + list(u_auc)):
+        z, u = z_auc.get(v), u_auc.get(v)
+        rows.append({"variant": v, "auc_zeroed": z["auc"] if z else None,
+                     "auc_zeroed_seed_std": z["auc_seed_std"] if z else None,
+                     "auc_unk": u["auc"] if u else None, "auc_unk_seed_std": u["auc_seed_std"] if u else None,
+                     "unk_minus_zeroed": (u["auc"] - z["auc"]) if z and u else None})
+        if z and u:
+            said.append(f"{esc(tables.variant_name(v))}: AUC {num(z['auc'])} with zeroed states, "
+                        f"{num(u['auc'])} with [UNK] ids (difference {num(u['auc'] - z['auc'])})")
+        elif z:
+            said.append(f"{esc(tables.variant_name(v))}: AUC {num(z['auc'])} with zeroed states; "
+                        "no [UNK] curve (it reads the cached states only)")
+    schema = {k: pl.Float64 for k in ("auc_zeroed", "auc_zeroed_seed_std", "auc_unk", "auc_unk_seed_std",
+                                      "unk_minus_zeroed")}
+    table = pl.DataFrame(rows, schema={"variant": pl.String, **schema})
+    return (
+        "<h3>Two ways to lose a word</h3>"
+        "<p>A dropped word can be taken away in two ways, and both curves are drawn on the same masks (the same "
+        "words dropped at every p). <b>Zeroed states</b> (solid, conditions <code>intra_p</code>, this platform's "
+        "default): the encoder reads the whole utterance once, the states are cached, and a dropped word's "
+        "state is set to zero before pooling; the other words keep the states they had in full context. It is "
+        "cache-friendly: no condition costs an encoder pass. <b>[UNK] ids</b> (dashed, conditions "
+        "<code>unk_p</code>, what the field's code does): the dropped word's token id is replaced by "
+        "<code>[UNK]</code> and the live encoder reads the damaged utterance, so every other word's state changes "
+        "with its context, and at p = 1 the encoder still reads a sequence of [UNK] ids (the utterance's length "
+        "survives), whereas zeroed states leave the pooled input exactly zero, one constant prediction. "
+        "The dashed curve therefore measures robustness to a damaged input sentence, the solid one to lost "
+        "features.</p>"
+        f"<p>Measured (AUC of <code>{esc(metric)}</code>, trapezoid over p = 0..1, the same f(0) = the complete "
+        "utterance for both): " + "; ".join(said) + ".</p>"
+        + frame_html(table, table_id="two-ways-auc"))
+
+
+def references_section(rep: Report, t1: pl.DataFrame | None, metric: str, dataset: str,
+                       references: dict[str, float]) -> None:
+    """The paper's Table I {l} values beside this study's measured {l}, clearly marked as not comparable."""
+    rows = [{"method": label, "source": "paper, Table I", "encoder / protocol": "BERT-base fine-tuned; paper's protocol",
+             f"{metric} {{l}} (%)": f"{100 * v:.2f}", "n": ""} for label, v in references.items()]
+    if t1 is not None and t1.height:
+        for r in t1.filter(pl.col("condition") == "l").iter_rows(named=True):
+            rows.append({"method": tables.variant_name(r["variant"]), "source": "this study (measured)",
+                         "encoder / protocol": "this study's encoder and protocol",
+                         f"{metric} {{l}} (%)": f"{pct(r['mean'], metric)} ± {pct(r['std'], metric)}",
+                         "n": str(r["n"])})
+    table = pl.DataFrame(rows, schema={k: pl.String for k in rows[0]})
+    rep.csv(table, "paper_references")
+    rep.section(
+        "references", f"Honest references: the paper's {{l}} values on {dataset.upper()}",
+        f'<p class="note"><b>{esc(tables.PAPER_CAVEAT[0].upper() + tables.PAPER_CAVEAT[1:])}.</b></p>',
+        f"<p>The paper's Table I reports, for language alone (<code>{{l}}</code>), "
+        + "; ".join(f"{esc(k)} {100 * v:.2f}" for k, v in references.items())
+        + f" in percent of Non0 F1 on {esc(dataset.upper())}. They are drawn as short marks at p = 0 on the curves "
+        "figure and listed here beside this study's measured <code>{l}</code> scores only as context: the paper "
+        "fine-tunes BERT-base under its own training and evaluation protocol (its splits' preprocessing, "
+        "checkpoint selection and reporting), so a gap to these numbers is not a measured difference between "
+        "methods.</p>",
+        frame_html(table, table_id="paper-references"))
 
 
 def table2_section(rep: Report, main: pl.DataFrame, metric: str) -> None:
@@ -250,14 +357,19 @@ def table2_section(rep: Report, main: pl.DataFrame, metric: str) -> None:
     ablations = [VARIANT_TEXT[v] for v in t2["variant"].unique(maintain_order=True) if v != "fsrf" and v in VARIANT_TEXT]
     text = (f"<p>FSRF against its ablations ({'; '.join(ablations) or 'none were run'}). Columns: {cols}; "
             + ", ".join(f"{lab} is {meaning[lab]}" for lab in t2["column"].unique(maintain_order=True))
-            + ". Cells as in Table I (mean ± std over seeds, * p &lt; 0.05 against FSRF). The late-fusion "
-            "baseline is not an ablation and is left out.</p>")
+            + ". Cells as in Table I (mean ± std over seeds, * p &lt; 0.05 against FSRF). The baselines "
+            "(late fusion, ridge) are not ablations and are left out.</p>")
     if drops:
         text += "<p>Differences of the means: " + "; ".join(drops) + ".</p>"
     rep.section("table2", "Table II: ablations", text, html_table)
 
 
-def overlap_section(rep: Report, runs: pl.DataFrame, metric: str) -> None:
+def overlap_section(rep: Report, runs: pl.DataFrame, metric: str, *, text_only: bool = False) -> None:
+    if text_only:
+        rep.omitted("overlap", "Paired-mask overlap study", "not applicable to text-only data: the overlap setting "
+                                                            "pairs the MRM views' modality sets, and with one "
+                                                            "modality both views always keep it")
+        return
     study = robustness.overlap_study(runs, metric)
     if study.filter(pl.col("overlap").is_not_null()).height == 0:
         rep.omitted("overlap", "Paired-mask overlap study", "no FSRF runs with a numeric missing.overlap setting")
@@ -281,8 +393,14 @@ def overlap_section(rep: Report, runs: pl.DataFrame, metric: str) -> None:
     rep.section("overlap", "Paired-mask overlap study", fig, text, frame_html(shown, table_id="overlap-table"))
 
 
-def probe_section(rep: Report, reps: list[load.Representations] | None, *, method: str) -> None:
+def probe_section(rep: Report, reps: list[load.Representations] | None, *, method: str,
+                  text_only: bool = False) -> None:
     title = "Factorization probe (Fig. 3)"
+    if text_only:
+        rep.omitted("probe", title, "not applicable to text-only data: the split into modality-homogeneous and "
+                                    "heterogeneous representations is defined across two or more modalities "
+                                    "(see the note on text-only data at the top)")
+        return
     if reps is None:
         rep.omitted("probe", title, "representations are read from MLflow; pass --robustness-run")
         return
@@ -453,13 +571,19 @@ def write_report(inputs: Inputs, folder: Path, *, metric: str = HEADLINE, extra_
     rep = Report(folder)
     rep.csv(runs, "runs")
 
+    source, dataset = load.data_param(config, "data.source"), load.data_param(config, "data.name")
+    references = (tables.PAPER_L.get(dataset.lower()) if text_only and source == "transcripts" and dataset
+                  and metric == HEADLINE else None)
+
     facts = table1_section(rep, main, metric)
     for extra in extra_metrics:
         table1_section(rep, main, extra, ident=f"table1-{extra}", headline=False)
-    summary = curves_section(rep, main, metric, complete)
+    summary = curves_section(rep, main, metric, complete, references=references)
+    if references:
+        references_section(rep, facts.get("t1"), metric, dataset, references)
     table2_section(rep, main, metric)
-    overlap_section(rep, runs, metric)
-    probe_section(rep, inputs.representations, method=embedding)
+    overlap_section(rep, runs, metric, text_only=text_only)
+    probe_section(rep, inputs.representations, method=embedding, text_only=text_only)
     tuning_section(rep, inputs.study)
     config_section(rep, config)
 
@@ -486,8 +610,7 @@ def write_report(inputs: Inputs, folder: Path, *, metric: str = HEADLINE, extra_
                      + ".</p>")
     intro.append(conditions_text(text_only))
     if text_only:
-        intro.append('<p class="note">Text-only data: Table I has the single column {l}; Inter-MM is omitted '
-                     "from Table II.</p>")
+        intro.append(text_only_note(source, dataset))
     name = config.experiment if config else Path(inputs.source).resolve().parent.name
     title = f"FSRF robustness report: {name}"
     versions = software_versions()

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# A Ray cluster of one head and N worker nodes on this machine, on loopback: the cluster path of the
-# study (lost nodes, --address, several raylets) without a cloud.
+# A Ray cluster of one head and N worker nodes on this machine: the cluster path of the study (several
+# raylets, --address, a node lost mid-study) without a cloud.
 #
-#   cluster/local_cluster.sh start 2                   # head + 2 worker nodes; prints the address
-#   RAY_AUTH_MODE=disabled python studies/tune_lambdas.py --address 127.0.0.1:6390 --smoke-test
+#   cluster/local_cluster.sh start 2                   # head + 2 worker nodes; prints the address and
+#   RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH=/tmp/fsrf-ray-6390/auth_token \
+#       python studies/tune_lambdas.py --address 127.0.0.1:6390 --smoke-test    # the driver's variables
 #   cluster/local_cluster.sh status                    # `ray status` of this cluster
 #   cluster/local_cluster.sh kill worker1              # SIGKILL one node's processes (a lost machine)
 #   cluster/local_cluster.sh stop                      # stop this cluster, and only this one
@@ -11,16 +12,20 @@
 # Options (after the subcommand): --port P (6390), --cpus C per node (1), --dir D (/tmp/fsrf-ray-P: Ray's
 # --temp-dir and this script's state; keep it short, Ray's socket paths must stay under 108 bytes),
 # --object-store-memory BYTES (300 MB per node) and --memory BYTES (2 GiB per node): every node on one
-# machine believes it owns all of the RAM, so both are set explicitly.
+# machine believes it owns all of the RAM, so both are set explicitly. The dashboard is off.
 #
-# Everything binds 127.0.0.1. Ray's token auth is set by RAY_AUTH_MODE, which must be the same for
-# every node, the driver and `ray status`: this script uses $RAY_AUTH_MODE, default `disabled` (a
-# loopback cluster for tests), and prints what the driver needs. `ray stop` would stop every Ray on the
-# machine, other users' included: `stop` and `kill` find this cluster's processes by a marker in their
-# environment (FSRF_RAY_NODE=<dir>/<node>) and signal those only.
+# Network: Ray cannot be held to loopback. It replaces 127.0.0.1 with the machine's address and its
+# gRPC servers (GCS, raylets) listen on every interface, and anyone who reaches them can run code. So
+# token authentication is on by default: RAY_AUTH_MODE=token with a random token in <dir>/auth_token
+# (mode 600, or RAY_AUTH_TOKEN_PATH / RAY_AUTH_TOKEN if set), which every node, the driver and
+# `ray status` must share. RAY_AUTH_MODE=disabled (the tests: a cluster that lives a minute) turns it
+# off; set it the same way for the driver.
+#
+# `ray stop` would stop every Ray on the machine, other users' included: `stop` and `kill` find this
+# cluster's processes by a marker in their environment (FSRF_RAY_NODE=<dir>/<node>) and signal those.
 set -euo pipefail
 
-usage() { sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 cmd=${1:-}; [ -n "$cmd" ] || usage; shift
 workers=0; node=""
 if [ "$cmd" = start ] && [ $# -gt 0 ] && [[ $1 =~ ^[0-9]+$ ]]; then workers=$1; shift; fi
@@ -37,7 +42,10 @@ while [ $# -gt 0 ]; do
   esac
 done
 dir=${dir:-/tmp/fsrf-ray-$port}
-export RAY_AUTH_MODE=${RAY_AUTH_MODE:-disabled}
+export RAY_AUTH_MODE=${RAY_AUTH_MODE:-token}
+if [ "$RAY_AUTH_MODE" = token ] && [ -z "${RAY_AUTH_TOKEN:-}" ]; then
+  export RAY_AUTH_TOKEN_PATH=${RAY_AUTH_TOKEN_PATH:-$dir/auth_token}
+fi
 export RAY_USAGE_STATS_ENABLED=0
 RAY=${RAY:-$(command -v ray || true)}
 [ -n "$RAY" ] || { echo "error: ray not found (activate the project's venv)" >&2; exit 2; }
@@ -62,7 +70,7 @@ signal_all() {  # signal_all SIGNAL NODE: send SIGNAL to NODE's processes ("" = 
 
 start_node() {  # start_node NAME ARGS...: one `ray start` with this node's marker in its environment
   local name=$1; shift
-  FSRF_RAY_NODE="$dir/$name" "$RAY" start --node-ip-address 127.0.0.1 --num-cpus "$cpus" \
+  FSRF_RAY_NODE="$dir/$name" "$RAY" start --num-cpus "$cpus" \
     --object-store-memory "$store" --memory "$memory" --temp-dir "$dir" --disable-usage-stats "$@" \
     >"$dir/$name.log" 2>&1 || { echo "error: node $name did not start; see $dir/$name.log" >&2; tail -5 "$dir/$name.log" >&2; return 1; }
 }
@@ -71,6 +79,9 @@ case $cmd in
   start)
     if [ -n "$(pids_of)" ]; then echo "error: a cluster is already running from $dir (stop it first)" >&2; exit 2; fi
     mkdir -p "$dir"
+    if [ -n "${RAY_AUTH_TOKEN_PATH:-}" ] && [ ! -s "$RAY_AUTH_TOKEN_PATH" ]; then  # this cluster's own token
+      (umask 077; head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$RAY_AUTH_TOKEN_PATH")
+    fi
     trap 'signal_all KILL ""' ERR
     start_node head --head --port "$port" --include-dashboard false
     for i in $(seq "$workers"); do
@@ -80,15 +91,18 @@ case $cmd in
     echo "127.0.0.1:$port" >"$dir/address"
     echo "ray cluster: head + $workers worker node(s), $cpus CPU(s) each, temp dir $dir"
     echo "address: 127.0.0.1:$port"
-    echo "driver:  RAY_AUTH_MODE=$RAY_AUTH_MODE python studies/tune_lambdas.py --address 127.0.0.1:$port ..."
+    auth="RAY_AUTH_MODE=$RAY_AUTH_MODE"
+    [ -n "${RAY_AUTH_TOKEN_PATH:-}" ] && [ "$RAY_AUTH_MODE" = token ] && auth="$auth RAY_AUTH_TOKEN_PATH=$RAY_AUTH_TOKEN_PATH"
+    echo "driver:  $auth python studies/tune_lambdas.py --address 127.0.0.1:$port ..."
     ;;
   status)
     "$RAY" status --address "127.0.0.1:$port" ;;
   kill)
     [ -n "$node" ] || { echo "error: kill needs a node name: head, worker1, ..." >&2; exit 2; }
-    [ -n "$(pids_of "$node")" ] || { echo "error: no node $node running from $dir" >&2; exit 2; }
+    victims=$(pids_of "$node")
+    [ -n "$victims" ] || { echo "error: no node $node running from $dir" >&2; exit 2; }
     signal_all KILL "$node"
-    echo "killed node $node" ;;
+    echo "killed node $node: pids" $victims ;;
   stop)
     signal_all TERM ""
     rm -f "$dir/address"

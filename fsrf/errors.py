@@ -11,3 +11,19 @@ class InputError(ValueError):
     def __init__(self, where: str, field: str | None, message: str):
         self.where, self.field = where, field
         super().__init__(f"{where}: {field}: {message}" if field else f"{where}: {message}")
+
+
+def run_main(main) -> None:
+    """Run a command's ``main()``: bad input (``InputError``) becomes ``error: <one line>`` on stderr and
+    exit code 2, Ctrl-C exit code 130; anything else is a bug and keeps its traceback."""
+    import sys
+
+    try:
+        code = main()
+    except InputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(code or 0)

@@ -12,17 +12,4 @@ if str(ROOT) not in sys.path:  # run from a checkout without `pip install -e .`
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-
-def run_main(main) -> None:
-    """Call ``main()``; bad input (``InputError``) becomes ``error: <one line>`` and exit code 2."""
-    from fsrf.errors import InputError
-
-    try:
-        code = main()
-    except InputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
-    sys.exit(code or 0)
+from fsrf.errors import run_main  # noqa: E402,F401  (re-exported for the entry points)

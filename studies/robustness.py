@@ -157,7 +157,7 @@ def main(argv=None) -> int:
                                     {"cpu": args.cpus_per_run})
 
     client = tracking.client_for(uri)  # only now: a SQLite store is created when first opened
-    exp_id = tracking.experiment_id(client, args.name, artifact_root=Path("mlartifacts") / args.name)
+    exp_id = tracking.experiment_id(client, args.name, artifact_root=tracking.artifact_root(uri, args.name))
     tags = {"fsrf.study": args.name, "fsrf.objective": "test protocol (SPEC section 2)",
             "fsrf.data": f"{base.data.source}/{base.data.preset}"}
     parent = client.create_run(exp_id, run_name=f"robustness-{args.name}",

@@ -32,7 +32,8 @@ _PARAM_MAX = 6000
 
 def resolve_tracking_uri(uri: str | None, root: str | Path = ".") -> str:
     """``--tracking-uri`` > ``MLFLOW_TRACKING_URI`` > ``sqlite:///<root>/mlflow.db`` (absolute: Ray workers
-    run in another folder). Relative SQLite paths are made absolute."""
+    run in another folder). Relative SQLite paths are made absolute; a password moves out of the URI
+    into the environment (``credentials_to_env``)."""
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or ""
     if not uri:
         return f"sqlite:///{(Path(root) / 'mlflow.db').resolve()}"
@@ -41,7 +42,30 @@ def resolve_tracking_uri(uri: str | None, root: str | Path = ".") -> str:
     if "://" not in uri:
         raise InputError("--tracking-uri", None, f"{redact(uri)!r} is not a URI (sqlite:///path/mlflow.db, "
                          "http://host:port or postgresql://...)")
-    return uri
+    return credentials_to_env(uri)
+
+
+def credentials_to_env(uri: str) -> str:
+    """Move a password out of a tracking URI into the environment of this process and return the URI
+    without it: ``http://user:pw@host`` sets ``MLFLOW_TRACKING_USERNAME``/``MLFLOW_TRACKING_PASSWORD``
+    (MLflow's client sends them as basic auth), ``postgresql://user:pw@host/db`` sets ``PGPASSWORD``
+    (libpq reads it). The URI is printed by MLflow ("View run at ..."), pickled into Tune's experiment
+    state and written to the study's files; the password is then in none of them. Other schemes keep
+    their password (and ``redact`` hides it in messages)."""
+    parts = urllib.parse.urlsplit(uri)
+    if parts.password is None:
+        return uri
+    host = parts.netloc.rsplit("@", 1)[1]
+    user, password = urllib.parse.unquote(parts.username or ""), urllib.parse.unquote(parts.password)
+    if parts.scheme in ("http", "https"):
+        os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"] = user, password
+        netloc = host
+    elif parts.scheme.startswith("postgresql"):
+        os.environ["PGPASSWORD"] = password
+        netloc = f"{parts.username}@{host}" if parts.username else host
+    else:
+        return uri
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
 def redact(uri: str) -> str:
@@ -56,8 +80,9 @@ def redact(uri: str) -> str:
 def check_reachable(uri: str, *, timeout: float = 5.0) -> None:
     """Fail fast, with one line, when an HTTP tracking server does not answer.
 
-    Credentials in the URI (``http://user:password@host:port``, which MLflow's client sends as basic
-    auth) go into an Authorization header: urllib cannot open such a URL itself.
+    Credentials (in the URI, ``http://user:password@host:port``, or in MLflow's environment variables
+    ``MLFLOW_TRACKING_USERNAME``/``MLFLOW_TRACKING_PASSWORD``) go into an Authorization header, as
+    MLflow's client sends them: urllib cannot open a URL with a password itself.
     """
     if not uri.startswith(("http://", "https://")):
         return
@@ -65,9 +90,10 @@ def check_reachable(uri: str, *, timeout: float = 5.0) -> None:
     host = parts.netloc.rsplit("@", 1)[-1]
     url = urllib.parse.urlunsplit(parts._replace(netloc=host, path=parts.path.rstrip("/") + "/health"))
     request = urllib.request.Request(url)
-    if parts.username is not None:
-        token = base64.b64encode(f"{urllib.parse.unquote(parts.username)}:"
-                                 f"{urllib.parse.unquote(parts.password or '')}".encode()).decode()
+    user = urllib.parse.unquote(parts.username) if parts.username else os.environ.get("MLFLOW_TRACKING_USERNAME")
+    password = urllib.parse.unquote(parts.password or "") if parts.username else os.environ.get("MLFLOW_TRACKING_PASSWORD", "")
+    if user:
+        token = base64.b64encode(f"{user}:{password}".encode()).decode()
         request.add_header("Authorization", f"Basic {token}")
     try:
         urllib.request.urlopen(request, timeout=timeout).read()
@@ -80,6 +106,12 @@ def client_for(uri: str):
     from mlflow.tracking import MlflowClient
 
     return MlflowClient(tracking_uri=uri)
+
+
+def artifact_root(uri: str, name: str) -> Path | None:
+    """Where a new experiment keeps its artifacts: a tracking server's own store (it serves them over
+    HTTP, so drivers on other machines can log them), else ``./mlartifacts/<name>`` next to the store."""
+    return None if uri.startswith(("http://", "https://")) else Path("mlartifacts") / name
 
 
 def experiment_id(client, name: str, *, artifact_root: str | Path | None = None) -> str:

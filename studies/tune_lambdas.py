@@ -132,7 +132,7 @@ def main(argv=None) -> int:
     trainable = tune.with_resources(tune.with_parameters(fn, settings=settings), resources)
 
     client = tracking.client_for(uri)
-    exp_id = tracking.experiment_id(client, args.name, artifact_root=Path("mlartifacts") / args.name)
+    exp_id = tracking.experiment_id(client, args.name, artifact_root=tracking.artifact_root(uri, args.name))
     study_tags = {"fsrf.study": args.name, "fsrf.objective": ",".join(MULTI) if args.multi_objective else OBJECTIVE,
                   "fsrf.data": f"{base.data.source}/{base.data.preset}", "fsrf.variant": _variant(base)}
     study_params = {"study.num_samples": args.num_samples, "study.max_epochs": args.max_epochs,

@@ -59,14 +59,16 @@ def known(variant: str, condition: str) -> np.ndarray:
     return np.array([run_values(variant, s)[f"test/{F1}/{condition}"] for s in SEEDS])
 
 
-def log_run(client, exp_id: str, parent: str, variant: str, seed: int, overlap, metrics: dict) -> str:
+def log_run(client, exp_id: str, parent: str, variant: str, seed: int, overlap, metrics: dict,
+            extra_params: dict | None = None) -> str:
     from mlflow.entities import Metric, Param
 
     run = client.create_run(exp_id, run_name=f"{variant}-seed{seed}",
                             tags={"mlflow.parentRunId": parent, "fsrf.role": "robustness-run", "fsrf.variant": variant})
     rid = run.info.run_id
     params = {"variant": variant, "seed": str(seed), "missing.overlap": str(overlap), "loss.lambda1": "0.2",
-              "train.lr": "0.001", "model.dhf": str(variant != "no_dhf"), "data.preset": "mosi"}
+              "train.lr": "0.001", "model.dhf": str(variant != "no_dhf"), "data.preset": "mosi",
+              **(extra_params or {})}
     client.log_batch(rid, metrics=[Metric(k, v, 0, 0) for k, v in metrics.items()]
                      + [Metric(f"val/{F1}/lav", 0.5, 0, 0)],
                      params=[Param(k, v) for k, v in params.items()])
@@ -148,6 +150,58 @@ def study(tmp_path_factory):
 @pytest.fixture(scope="module")
 def runs(study):
     return load.runs_from_mlflow(study["uri"], study["parent"])
+
+
+# A text-only study on "real MOSI transcripts": fsrf and the ridge baseline x 3 seeds, only the `l`
+# condition, the zeroed-state word-drop curve intra_p, burst drops, and (fsrf only: ridge reads cached
+# states) the [UNK]-id word-drop curve unk_p. Curves: intra f(p) = l - TEXT_SLOPE p (linear), unk
+# f(p) = l - UNK_CURVATURE p^2 (the trapezoid over p = 0, 0.1, .., 1 of p^2 is 0.1 (3.85 - 0.5) = 0.335).
+TEXT_VARIANTS = ("fsrf", "ridge")
+TEXT_L = {"fsrf": 0.80, "ridge": 0.76}
+TEXT_SLOPE = {"fsrf": 0.3, "ridge": 0.2}
+UNK_CURVATURE = 0.4
+TEXT_PARAMS = {"data.source": "transcripts", "data.name": "mosi", "data.path": "/data/mosi/label.csv"}
+
+
+def text_run_values(variant: str, seed: int) -> dict[str, float]:
+    l_score = TEXT_L[variant] + OFFSET["fsrf"][seed]
+    v = {"l": l_score}
+    for p in INTRA_POINTS:
+        v[intra_name(p)] = l_score - TEXT_SLOPE[variant] * p
+        if variant == "fsrf":
+            v[f"unk_{p}"] = l_score - UNK_CURVATURE * p ** 2
+    v["intra_avg"] = float(np.mean([v[intra_name(p)] for p in INTRA_POINTS]))
+    if variant == "fsrf":
+        v["unk_avg"] = float(np.mean([v[f"unk_{p}"] for p in INTRA_POINTS]))
+    for p in (0.2, 0.4, 0.6, 0.8, 1.0):
+        v[f"burst_{p}"] = l_score - 0.1 * p
+    return {f"test/{F1}/{c}": x for c, x in v.items()}
+
+
+@pytest.fixture(scope="session")
+def text_study(tmp_path_factory):
+    """A text-only robustness study in its own MLflow store (ids and path)."""
+    from mlflow.tracking import MlflowClient
+
+    root = tmp_path_factory.mktemp("text-study")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    exp_id = client.create_experiment("mosi-text", artifact_location=(root / "artifacts").as_uri())
+    parent = client.create_run(exp_id, run_name="robustness-mosi-text", tags={"fsrf.role": "robustness"}).info.run_id
+    client.log_param(parent, "study.variants", ",".join(TEXT_VARIANTS))
+    for k, v in TEXT_PARAMS.items():
+        client.log_param(parent, f"base.{k}", v)
+    for variant in TEXT_VARIANTS:
+        for seed in SEEDS:
+            rid = log_run(client, exp_id, parent, variant, seed, None, text_run_values(variant, seed), TEXT_PARAMS)
+            client.set_terminated(rid, "FINISHED")
+    client.set_terminated(parent, "FINISHED")
+    return {"uri": uri, "parent": parent, "root": root}
+
+
+@pytest.fixture(scope="module")
+def text_runs(text_study):
+    return load.main_runs(load.runs_from_mlflow(text_study["uri"], text_study["parent"]))
 
 
 # -- load -----------------------------------------------------------------------------------------------
@@ -370,3 +424,81 @@ def test_representations_from_mlflow(study):
     found = load.representations_from_mlflow(study["uri"], study["parent"])
     assert [(r.variant, r.seed) for r in found] == [("fsrf", 0)]
     assert np.allclose(found[0].arrays["shared"], representations()["shared"])
+
+
+# -- text-only data: two word-drop curves, the ridge baseline, the paper's references ------------------
+
+def trapezoid(f) -> float:
+    """By hand: 0.1 * (f0 / 2 + f1 + ... + f9 + f10 / 2)."""
+    f = list(f)
+    return 0.1 * (f[0] / 2 + sum(f[1:-1]) + f[-1] / 2)
+
+
+def test_text_only_unk_curve_and_its_auc(text_runs):
+    assert robustness.has_curve(text_runs, F1, "intra") and robustness.has_curve(text_runs, F1, "unk")
+    unk = robustness.curves(text_runs, F1, kind="unk")
+    assert unk["variant"].unique().to_list() == ["fsrf"]  # ridge has no [UNK] curve
+    c = unk.sort("p")
+    expect = [0.80 - UNK_CURVATURE * p ** 2 for p in (0.0, *INTRA_POINTS)]  # f(0) is `l` (seed offsets mean 0)
+    assert c["mean"].to_list() == pytest.approx(expect, abs=1e-12)
+    s = {r["variant"]: r for r in robustness.robustness_summary(text_runs, F1, kind="unk").iter_rows(named=True)}
+    assert set(s) == {"fsrf"}
+    assert s["fsrf"]["auc"] == pytest.approx(trapezoid(expect), abs=1e-12)
+    assert s["fsrf"]["auc"] == pytest.approx(0.80 - UNK_CURVATURE * 0.335, abs=1e-12)  # 0.666
+    assert s["fsrf"]["auc_seed_std"] == pytest.approx(np.std(OFFSET["fsrf"], ddof=1), abs=1e-12)
+    zeroed = {r["variant"]: r for r in robustness.robustness_summary(text_runs, F1).iter_rows(named=True)}
+    assert zeroed["fsrf"]["auc"] == pytest.approx(0.80 - 0.3 / 2, abs=1e-12)
+    assert zeroed["ridge"]["auc"] == pytest.approx(0.76 - 0.2 / 2, abs=1e-12)
+    assert zeroed["ridge"]["effective"] is None  # no late-fusion baseline in this study
+
+
+def test_text_only_figure_draws_both_curves_ridge_and_references(text_runs):
+    from analysis import figures
+
+    cv, unk = robustness.curves(text_runs, F1), robustness.curves(text_runs, F1, kind="unk")
+    fig = figures.curves_figure(cv, metric=F1, unk=unk, references=tables.PAPER_L["mosi"])
+    lines = {ln.get_gid(): ln for ln in fig.axes[0].get_lines()}
+    solid, dashed = lines["curve:fsrf:zeroed states"], lines["curve:fsrf:[UNK] ids"]
+    assert solid.get_linestyle() == "-" and dashed.get_linestyle() == "--"
+    assert solid.get_color() == dashed.get_color() == figures.color("fsrf")
+    assert "zeroed states" in solid.get_label() and "[UNK] ids" in dashed.get_label()
+    assert list(dashed.get_ydata()) == pytest.approx([100 * (0.80 - UNK_CURVATURE * p ** 2)
+                                                      for p in (0.0, *INTRA_POINTS)])
+    ridge = lines["curve:ridge:zeroed states"]
+    assert ridge.get_linestyle() == ":" and ridge.get_color() == figures.RIDGE_COLOR
+    assert "simplest baseline" in ridge.get_label()
+    assert "curve:ridge:[UNK] ids" not in lines
+    for label, value in (("FSRF (paper)", 82.58), ("CorrKD (paper)", 81.20)):
+        ref = lines[f"reference:{label}"]
+        assert list(ref.get_ydata()) == pytest.approx([value, value])
+        x0, x1 = ref.get_xdata()
+        assert x0 < 0 < x1 < 0.1  # a short mark at p = 0
+    legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert any("82.58" in t for t in legend) and any("81.20" in t for t in legend)
+    # Without unk curves the figure is the plain one: no "zeroed states" in the labels.
+    plain = figures.curves_figure(cv, metric=F1)
+    assert all("zeroed" not in ln.get_label() for ln in plain.axes[0].get_lines())
+
+
+def test_text_only_ridge_in_table1_not_in_table2(text_runs):
+    t1 = tables.table1(text_runs)
+    assert t1["variant"].to_list() == ["fsrf", "ridge"] and t1["condition"].unique().to_list() == ["l"]
+    ridge = t1.filter(pl.col("variant") == "ridge").row(0, named=True)
+    assert ridge["mean"] == pytest.approx(0.76, abs=1e-12)
+    assert ridge["p_value"] == pytest.approx(stats.ttest_ind(0.80 + np.array(OFFSET["fsrf"]),
+                                                             0.76 + np.array(OFFSET["fsrf"]), equal_var=False).pvalue)
+    assert "Ridge (frozen states)" in tables.to_markdown(t1)
+    t2 = tables.table2(text_runs)
+    assert t2["variant"].unique().to_list() == ["fsrf"]
+    assert t2["column"].unique(maintain_order=True).to_list() == ["Intra-MM", "CM"]
+
+
+def test_study_config_names_the_data(text_study, study):
+    config = load.study_config(text_study["uri"], text_study["parent"])
+    assert load.data_param(config, "data.source") == "transcripts"
+    assert load.data_param(config, "data.name") == "mosi"
+    assert load.data_param(None, "data.name") is None
+    synthetic = load.study_config(study["uri"], study["parent"])
+    assert load.data_param(synthetic, "data.name") is None  # not logged: no references drawn
+    assert load.ordered_variants(["ridge", "late_fusion", "mystery", "fsrf"]) == ["fsrf", "mystery", "late_fusion",
+                                                                                  "ridge"]

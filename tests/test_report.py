@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from test_analysis import study  # noqa: E402,F401  (the session-scoped store fixture)
+from test_analysis import UNK_CURVATURE, study, text_study  # noqa: E402,F401  (the session-scoped stores)
 
 WINDOW = (1400, 900)
 
@@ -162,3 +162,51 @@ def test_bad_input_is_one_line_and_exit_2(study, tmp_path):
     assert proc.returncode == 2 and proc.stderr.strip() == f"error: {missing}: no such file (expected a robustness " \
                                                             "study's runs.parquet)"
     assert not (tmp_path / "r").exists() and not list(tmp_path.glob(".r.*"))
+
+
+@pytest.fixture(scope="module")
+def built_text(text_study, tmp_path_factory):
+    """The report of the text-only study (real-MOSI-like transcripts: fsrf and ridge, unk and intra curves)."""
+    from analysis import report
+
+    out = tmp_path_factory.mktemp("reports") / "mosi-text"
+    assert report.main(["--robustness-run", text_study["parent"], "--tracking-uri", text_study["uri"],
+                        "--out", str(out), "--no-log"]) == 0
+    return out
+
+
+def _between(page: str, start: str, end: str = "</table>") -> str:
+    return page.split(start, 1)[1].split(end, 1)[0]
+
+
+def test_text_only_report_two_ways_ridge_and_references(built_text):
+    page = (built_text / "report.html").read_text()
+    # Two ways to lose a word, with both AUCs: zeroed 0.80 - 0.3 / 2, [UNK] 0.80 - 0.4 * 0.335.
+    assert "Two ways to lose a word" in page
+    assert f"{0.80 - UNK_CURVATURE * 0.335:.3f}" == "0.666"
+    assert "FSRF: AUC 0.650 with zeroed states, 0.666 with [UNK] ids" in page
+    assert "cache-friendly" in page and "[UNK]" in page
+    assert "Ridge (frozen states): AUC 0.660 with zeroed states; no [UNK] curve" in page
+    assert (built_text / "tables" / "curves_unk_Non0_F1_score.csv").is_file()
+    assert (built_text / "figures" / "curves.png").stat().st_size > 1000
+    # Ridge: a row of Table I, not of Table II; drawn as the simplest baseline.
+    assert "Ridge (frozen states)" in _between(page, 'id="table-table1_Non0_F1_score"')
+    table2 = _between(page, 'id="table-table2_Non0_F1_score"')
+    assert "FSRF" in table2 and "Ridge" not in table2
+    assert "simplest baseline" in page
+    # The paper's {l} values on MOSI, labelled as not comparable; MOSEI's are not shown.
+    refs = _between(page, 'id="paper-references"')
+    assert "82.58" in refs and "81.20" in refs and "82.62" not in page and "80.76" not in page
+    assert "80.00 ± 1.00" in refs  # this study's measured FSRF {l} beside them
+    assert "paper values, different encoder (BERT-base fine-tuned) and protocol: not directly comparable" in page
+    # One clear note on what does not apply to text-only data.
+    note = _between(page, 'id="text-only-note"', "</p>")
+    assert "not applicable" in note and "eq (1)" in note and "eq (2)" in note and "probe" in note
+    assert "Inter-MM" in note
+    assert "not applicable to text-only data" in _between(page, 'id="probe"', "</section>")
+
+
+def test_references_need_a_known_dataset(built):
+    page = (built / "report.html").read_text()  # synthetic three-modality study: no paper marks, no note
+    assert 'id="paper-references"' not in page and "82.58" not in page
+    assert 'id="text-only-note"' not in page and "Two ways to lose a word" not in page
