@@ -5,7 +5,9 @@ intra-modality condition ``intra_p`` (every available modality loses each frame 
 and f(0) is the complete-modality score ``lav`` (``l`` for text-only data, whose only modality is
 language). Text-only runs evaluated with ``eval.unk_curve`` also have a second word-drop curve,
 ``unk_p``: the same tokens dropped (same masks), but by replacing their ids with ``[UNK]`` before a live
-encoder instead of zeroing their cached states; every function here takes ``kind="unk"`` for it. The summaries come from ``fsrf.metrics``: ``relative_robustness`` (trapezoid area under f),
+encoder instead of zeroing their cached states; every function here takes ``kind="unk"`` for it.
+
+The summaries come from ``fsrf.metrics``: ``relative_robustness`` (trapezoid area under f),
 ``effective_robustness`` (what is kept beyond the late-fusion baseline shifted to the same clean
 score) and ``minmax_normalise`` across the compared variants.
 """

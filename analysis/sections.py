@@ -314,7 +314,8 @@ def two_ways_text(zeroed: pl.DataFrame, unk: pl.DataFrame, metric: str) -> str:
 def references_section(rep: Report, t1: pl.DataFrame | None, metric: str, dataset: str,
                        references: dict[str, float]) -> None:
     """The paper's Table I {l} values beside this study's measured {l}, clearly marked as not comparable."""
-    rows = [{"method": label, "source": "paper, Table I", "encoder / protocol": "BERT-base fine-tuned; paper's protocol",
+    rows = [{"method": label, "source": "paper, Table I",
+             "encoder / protocol": "BERT-base fine-tuned; paper's protocol",
              f"{metric} {{l}} (%)": f"{100 * v:.2f}", "n": ""} for label, v in references.items()]
     if t1 is not None and t1.height:
         for r in t1.filter(pl.col("condition") == "l").iter_rows(named=True):

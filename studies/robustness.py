@@ -114,7 +114,6 @@ def main(argv=None) -> int:
     args = parse(argv)
     from fsrf.config import apply_overrides, build_config, flatten, load_config
     from fsrf.errors import InputError
-    from studies import runtime, tracking, worker
 
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     bad = [v for v in variants if v not in VARIANTS]
@@ -128,11 +127,12 @@ def main(argv=None) -> int:
         raise InputError("--overlaps", None, f"expected numbers in [0, 1], got {args.overlaps!r}") from None
     if any(not 0 <= o <= 1 for o in overlaps):
         raise InputError("--overlaps", None, f"values must lie in [0, 1], got {args.overlaps!r}")
+    base_cfg = load_config(args.config, args.overrides)
+    from studies import runtime, tracking  # imports Ray Tune (seconds): after the flags and config are good
 
     uri = tracking.resolve_tracking_uri(args.tracking_uri)
     tracking.check_reachable(uri)
     tuned, source = tuned_values(args, uri)
-    base_cfg = load_config(args.config, args.overrides)
     raw = apply_overrides(base_cfg.model_dump(), {k: _typed(v) for k, v in tuned.items()})
     base = build_config(raw, where=source)
     epochs = args.epochs or base.train.epochs
@@ -144,6 +144,8 @@ def main(argv=None) -> int:
 
     import ray  # noqa: F401
     from ray import tune
+
+    from studies import worker  # torch: only once the input is known to be good
 
     started = time.time()
     storage = Path(args.storage).resolve()

@@ -84,7 +84,6 @@ def main(argv=None) -> int:
     validate(args)
     from fsrf.config import flatten, load_config
     from fsrf.errors import InputError
-    from studies import runtime, tracking
     from studies import space as space_mod
 
     base = load_config(args.config, args.overrides)
@@ -92,6 +91,8 @@ def main(argv=None) -> int:
         raise InputError("--multi-objective", None, "needs audio and vision (lav against avg_missing); "
                          "transcripts data has only the language modality")
     space = space_mod.load_space(args.space, base)
+    from studies import runtime, tracking  # imports Ray Tune (seconds): after the config and space are good
+
     uri = tracking.resolve_tracking_uri(args.tracking_uri)
     tracking.check_reachable(uri)
     storage = Path(args.storage).resolve()
@@ -234,13 +235,15 @@ def summarise(results, space, study_dir: Path, *, multi: bool) -> dict:
         failed = last.get(FAILED_REASON)  # stopped by a non-finite loss: an error without an exception
         hist = r.metrics_dataframe
         if hist is not None and len(hist):
-            # a trial resumed mid-way reports its re-run epochs again: keep the last report of each epoch
-            h = pl.from_pandas(hist).unique(subset=["epoch"], keep="last", maintain_order=True)
-            if FAILED_REASON in h.columns:  # the failure report is not an epoch
+            h = pl.from_pandas(hist)
+            if FAILED_REASON in h.columns:  # the failure report is not an epoch (and may be the only row)
                 h = h.filter(pl.col(FAILED_REASON).is_null())
-                h = h.with_columns(pl.col("epoch").cast(pl.Int64)) if "epoch" in h.columns else h
-            keep = [c for c in h.columns if c.startswith(("val/Non0_F1_score/", "train/", "best/")) or c in ("epoch", "trial_id")]
             if len(h) and "epoch" in h.columns:
+                # a trial resumed mid-way reports its re-run epochs again: keep the last report of each epoch
+                h = h.with_columns(pl.col("epoch").cast(pl.Int64)).unique(subset=["epoch"], keep="last",
+                                                                          maintain_order=True)
+                keep = [c for c in h.columns
+                        if c.startswith(("val/Non0_F1_score/", "train/", "best/")) or c in ("epoch", "trial_id")]
                 epochs.append(h.select(keep))
                 trial_id = trial_id or h["trial_id"][0]
                 if failed:

@@ -14,6 +14,10 @@ shared MLflow tracking server on PostgreSQL.
   store, nothing is left RUNNING, and the password appears in no logged param or tag, no output and no
   study file.
 
+The cluster files themselves are checked without a cloud: the launcher YAML against Ray's own schema,
+the KubeRay manifests by their kinds and fields, every study command they hold against the study's own
+argument parser, and each file opens with the commands that use it.
+
 Every process a test starts is stopped by the scripts' own ``stop`` and then, whatever is left, killed
 by process id (the cluster's processes carry a marker in their environment; a bare ``ray stop`` would
 also stop other people's Ray on this machine).
@@ -24,6 +28,8 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
+import shlex
 import shutil
 import signal
 import socket
@@ -37,8 +43,6 @@ import polars as pl
 import pytest
 
 from fsrf.config import flatten, load_config
-
-pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "studies" / "tune_lambdas.py"
@@ -175,6 +179,7 @@ def ray_cluster():
         assert not left, f"processes left after `local_cluster.sh stop`: {left}"
 
 
+@pytest.mark.slow
 def test_lost_worker_node(ray_cluster, tmp_path, fsrf_cache):
     """SIGKILL the worker node mid-trial: the trial is retried from its checkpoint, the study completes."""
     n_trials, epochs, nan_trial = 4, 5, 4
@@ -308,6 +313,7 @@ def tracking_server(tmp_path_factory):
         shutil.rmtree(folder, ignore_errors=True)
 
 
+@pytest.mark.slow
 def test_shared_tracking_server(tracking_server, tmp_path, fsrf_cache):
     """4 trials at once (0.5 CPU each on a local Ray of 2 CPUs) log to MLflow on PostgreSQL."""
     n_trials, epochs, secret = 4, 2, "s3cret-Pa55word"
@@ -370,3 +376,95 @@ def test_shared_tracking_server(tracking_server, tmp_path, fsrf_cache):
     print(f"\nshared tracking: {n_trials} concurrent trials x {epochs} epochs logged to MLflow on PostgreSQL in "
           f"{wall:.1f} s; {len(children)} child runs, all FINISHED, {len(expected_params)} params each, "
           f"{len(schema)} metrics each; password found in 0 params/tags")
+
+
+# ------------------------------------------------------------------ the cluster files, without a cloud
+
+CLUSTER_FILES = ("gpu-cluster.yaml", "kuberay.yaml", "local_cluster.sh", "mlflow_server.sh", "Dockerfile")
+
+
+def study_commands(text: str) -> list[list[str]]:
+    """The argument lists of every ``python studies/tune_lambdas.py ...`` command in a file (comment lines
+    and YAML folded lines joined)."""
+    flat = re.sub(r"\\\n#?\s*", " ", text)  # shell line continuations, also inside comments
+    flat = re.sub(r"\n\s*#?\s+(?=--)", " ", flat)  # folded YAML / wrapped comment lines starting with --
+    out = []
+    for m in re.finditer(r"python studies/tune_lambdas\.py([^'\n]*)", flat):
+        out.append(shlex.split(m[1].replace("<head>", "HEAD")))
+    return out
+
+
+@pytest.mark.parametrize("name", CLUSTER_FILES)
+def test_each_cluster_file_opens_with_its_commands(name):
+    lines = (ROOT / "cluster" / name).read_text().splitlines()
+    head = [ln for ln in lines[:14] if ln.startswith("#") and not ln.startswith("#!")]
+    assert len(head) >= 4, name
+    commands = [ln for ln in head if re.match(r"#\s{2,}\S", ln)]
+    assert commands, f"{name} does not open with the commands that use it"
+
+
+def test_study_commands_in_cluster_files_parse():
+    """Every study command the cluster files show is accepted by the study's own parser."""
+    sys.path.insert(0, str(ROOT / "studies"))
+    try:
+        from studies.tune_lambdas import parse, validate
+    finally:
+        sys.path.remove(str(ROOT / "studies"))
+    seen = 0
+    for name in ("gpu-cluster.yaml", "kuberay.yaml", "README.md"):
+        for argv in study_commands((ROOT / "cluster" / name).read_text()):
+            args = parse(argv)
+            validate(args)
+            if "--address" in argv:
+                assert args.address, (name, argv)
+            seen += 1
+    assert seen >= 4, seen
+
+
+def test_gpu_cluster_yaml_passes_rays_schema():
+    import yaml
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    raw = yaml.safe_load((ROOT / "cluster" / "gpu-cluster.yaml").read_text())
+    config = prepare_config(raw)
+    validate_config(config)
+    types = config["available_node_types"]
+    head, workers = types[config["head_node_type"]], [t for k, t in types.items() if k != config["head_node_type"]]
+    assert head["resources"].get("CPU") == 0  # the head runs no trial
+    assert any(t["node_config"]["InstanceType"].startswith(("g", "p")) for t in workers)  # GPU workers
+    assert any("pip install" in c and "-e ." in c for c in config["setup_commands"])
+    assert any("ray start --head" in c and "dashboard-host=127.0.0.1" in c for c in config["head_start_ray_commands"])
+    assert any("ray start --address" in c for c in config["worker_start_ray_commands"])
+    modes = {m for c in config["head_start_ray_commands"] + config["worker_start_ray_commands"]
+             for m in re.findall(r"RAY_AUTH_MODE=(\w+)", c)}
+    assert len(modes) == 1, modes  # the same auth mode on every node
+
+
+def test_kuberay_manifests():
+    import yaml
+
+    docs = [d for d in yaml.safe_load_all((ROOT / "cluster" / "kuberay.yaml").read_text()) if d]
+    kinds = {d["kind"]: d for d in docs}
+    assert set(kinds) == {"PersistentVolumeClaim", "RayCluster", "RayJob"}
+    cluster, job = kinds["RayCluster"]["spec"], kinds["RayJob"]["spec"]
+    (gpu,) = cluster["workerGroupSpecs"]
+    limits = gpu["template"]["spec"]["containers"][0]["resources"]["limits"]
+    assert limits["nvidia.com/gpu"] == "1"
+    assert job["clusterSelector"]["ray.io/cluster"] == kinds["RayCluster"]["metadata"]["name"]
+    assert "studies/tune_lambdas.py --address auto" in job["entrypoint"]
+    assert "--gpus-per-worker 1" in job["entrypoint"]
+    claim = kinds["PersistentVolumeClaim"]["metadata"]["name"]
+    for spec in [cluster["headGroupSpec"], gpu]:
+        vols = spec["template"]["spec"]["volumes"]
+        assert any(v.get("persistentVolumeClaim", {}).get("claimName") == claim for v in vols)
+    # every study folder and checkpoint lives on the shared volume
+    assert "--storage /mnt/fsrf/" in job["entrypoint"]
+
+
+def test_scripts_are_valid_bash_and_refuse_unknown_options(tmp_path):
+    for name in ("local_cluster.sh", "mlflow_server.sh"):
+        script = ROOT / "cluster" / name
+        assert subprocess.run(["bash", "-n", str(script)]).returncode == 0, name
+        proc = subprocess.run(["bash", str(script), "status", "--bogus", "1"], capture_output=True, text=True,
+                              env=base_env(), cwd=tmp_path, timeout=60)
+        assert proc.returncode == 2 and "error: unknown option --bogus" in proc.stderr, (name, proc.stderr)
