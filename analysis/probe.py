@@ -18,7 +18,7 @@ import numpy as np
 from fsrf.errors import InputError
 
 PARTS = (("ho", "R_ho"), ("he", "R_he"), ("noise", "R_n"))  # npz key, the paper's symbol
-ALPHAS = np.logspace(-3, 3, 13)
+ALPHAS = np.logspace(-3, 6, 19)  # wide: a collapsed representation (R_n) needs a strong penalty
 
 
 def check(arrays: dict[str, np.ndarray], where: str = "representations.npz") -> dict[str, np.ndarray]:
@@ -45,15 +45,18 @@ def flat(x: np.ndarray) -> np.ndarray:
 def probe_r2(features: np.ndarray, target: np.ndarray, *, folds: int = 5, seed: int = 0) -> float:
     """Out-of-fold R^2 of a ridge probe (penalty chosen by inner CV) from features (N, F) to target.
 
-    Features are standardised inside each fold (a representation's scale says nothing about what it
-    encodes). A multi-column target is scored by the mean R^2 over its columns.
+    Features are divided by their overall standard deviation (one number: a representation's scale says
+    nothing about what it encodes), not per dimension: a collapsed representation such as an R_n pushed
+    to near-constant by eq (3) has dimensions whose spread is float noise, which per-dimension scaling
+    would blow up into out-of-fold R^2 of -100s. A multi-column target is scored by the mean R^2 over
+    its columns.
     """
     from sklearn.linear_model import RidgeCV
     from sklearn.model_selection import KFold, cross_val_score
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
 
-    model = make_pipeline(StandardScaler(), RidgeCV(alphas=ALPHAS))
+    features = np.asarray(features, dtype=np.float64)
+    features = (features - features.mean(0)) / (features.std() + 1e-12)
+    model = RidgeCV(alphas=ALPHAS)
     cv = KFold(n_splits=folds, shuffle=True, random_state=seed)
     return float(np.mean(cross_val_score(model, features, np.asarray(target, dtype=np.float64), cv=cv, scoring="r2")))
 
