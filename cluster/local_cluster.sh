@@ -66,6 +66,9 @@ signal_all() {  # signal_all SIGNAL NODE: send SIGNAL to NODE's processes ("" = 
     pids=$(pids_of "$node"); [ -n "$pids" ] || return 0; sleep 0.2
   done
   [ "$sig" = KILL ] || kill -KILL $pids 2>/dev/null || true
+  for _ in $(seq 50); do  # SIGKILL is not instant either: return once they are really gone
+    [ -n "$(pids_of "$node")" ] || return 0; sleep 0.2
+  done
 }
 
 start_node() {  # start_node NAME ARGS...: one `ray start` with this node's marker in its environment
