@@ -42,6 +42,7 @@ dir=$(cd "$dir" && pwd)
 PGBIN=${PGBIN:-$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)}
 [ -x "$PGBIN/initdb" ] || { echo "error: PostgreSQL not found (apt-get install -y postgresql, or set PGBIN)" >&2; exit 2; }
 export PGPASSFILE=$dir/pgpass
+unset PGPASSWORD  # it would beat the pgpass file: this server's password is the one in $PGPASSFILE
 
 as_postgres() {  # PostgreSQL's server programs refuse to run as root
   if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi

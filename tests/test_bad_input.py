@@ -221,7 +221,10 @@ def test_redact_and_credentials_leave_the_uri(monkeypatch):
     from studies.tracking import redact, resolve_tracking_uri
 
     for var in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "PGPASSWORD"):
-        monkeypatch.delenv(var, raising=False)
+        # setenv first: a bare delenv of an unset variable records nothing, and the credentials the
+        # code sets would then leak into later tests (a stray PGPASSWORD beats a server's pgpass file)
+        monkeypatch.setenv(var, "")
+        monkeypatch.delenv(var)
     assert resolve_tracking_uri("http://ann:s%40cret@10.0.0.5:5000") == "http://10.0.0.5:5000"
     assert (os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"]) == ("ann", "s@cret")
     assert resolve_tracking_uri("postgresql://mlflow:pw@db:5432/mlflow") == "postgresql://mlflow@db:5432/mlflow"
