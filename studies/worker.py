@@ -238,6 +238,11 @@ def robustness_trainable(config: dict[str, Any], settings: TrialSettings) -> Non
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
 
     prep = prepared_for(cfg)
+    if spec["variant"] == "ridge":  # no training loop: a closed-form fit on the frozen states
+        from fsrf.baselines import ridge_baseline
+
+        tune.report({**ridge_baseline(prep, mask_seed=cfg.eval.mask_seed), "epoch": 1, "best_epoch": 1})
+        return
     try:
         result = fit(cfg, prep=prep, report=report, resume=load_state(tune.get_checkpoint()), log=lambda s: None)
     except FloatingPointError as err:
