@@ -56,7 +56,9 @@ def parse(argv=None) -> argparse.Namespace:
     ap.add_argument("--smoke-test", action="store_true", help="fsrf + late_fusion x 2 seeds, tiny data")
     args = ap.parse_args(argv)
     if args.smoke_test:
-        args.variants, args.seeds = "fsrf,late_fusion", 2
+        args.seeds = 2
+        if args.variants == ",".join(DEFAULT_VARIANTS):
+            args.variants = "fsrf,late_fusion"
         args.overrides = SMOKE + args.overrides
     return args
 
@@ -223,7 +225,9 @@ def _typed(value):
 
 
 def _spec_params(spec: dict) -> dict:
-    return {"variant": spec["variant"], "seed": spec["seed"], "missing.overlap": spec["overlap"]}
+    """What a run changes in the base config: its variant's switches, its seed and overlap."""
+    return {**variant_overrides(spec["variant"]), "variant": spec["variant"], "seed": spec["seed"],
+            "missing.overlap": spec["overlap"]}
 
 
 def runs_table(results, tracker):

@@ -1,0 +1,70 @@
+"""A smoke robustness study end to end (real Ray, real MLflow store) and the report built from it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import polars as pl
+import pytest
+from mlflow.tracking import MlflowClient
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    work = tmp_path_factory.mktemp("robustness")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, str(ROOT / "studies" / "robustness.py"), "--smoke-test",
+                           "--variants", "fsrf,late_fusion,ridge", "--cpus", "2"],
+                          cwd=work, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    client = MlflowClient(f"sqlite:///{work}/mlflow.db")
+    exp = client.get_experiment_by_name("fsrf-robustness")
+    runs = client.search_runs([exp.experiment_id])
+    return {"work": work, "env": env, "client": client, "runs": runs, "stdout": proc.stdout}
+
+
+def test_every_variant_and_seed_is_a_finished_child_with_test_metrics(study):
+    runs = study["runs"]
+    parents = [r for r in runs if r.data.tags.get("fsrf.role") == "robustness"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    got = sorted((r.data.tags["fsrf.variant"], int(r.data.params["seed"])) for r in children)
+    assert got == [(v, s) for v in ("fsrf", "late_fusion", "ridge") for s in (0, 1)]
+    for r in children:
+        assert r.info.status == "FINISHED"
+        assert 0.0 <= r.data.metrics["test/Non0_F1_score/lav"] <= 1.0
+        assert "test/Non0_F1_score/intra_avg" in r.data.metrics and "test/Non0_F1_score/burst_avg" in r.data.metrics
+    ridge = [r for r in children if r.data.tags["fsrf.variant"] == "ridge"]
+    assert all(not any(k.startswith("train/") for k in r.data.metrics) for r in ridge)  # closed form, no loop
+    fsrf = [r for r in children if r.data.tags["fsrf.variant"] == "fsrf"]
+    for r in fsrf:  # synthetic data: the representations for the probe travel with the run
+        names = {a.path for a in study["client"].list_artifacts(r.info.run_id)}
+        assert {"metrics.json", "representations.npz"} <= names
+    late = [r for r in children if r.data.tags["fsrf.variant"] == "late_fusion"]
+    assert all(r.data.params["model.dhf"] == "False" and r.data.params["missing.p0"] == "0.0" for r in late)
+
+
+def test_runs_parquet_matches_mlflow(study):
+    table = pl.read_parquet(study["work"] / "runs" / "robustness" / "fsrf-robustness" / "runs.parquet")
+    assert len(table) == 6
+    by_id = {r.info.run_id: r for r in study["runs"]}
+    for row in table.iter_rows(named=True):
+        assert row["test/Non0_F1_score/lav"] == pytest.approx(by_id[row["run_id"]].data.metrics["test/Non0_F1_score/lav"])
+
+
+def test_the_report_builds_from_the_study(study):
+    parent = next(r for r in study["runs"] if r.data.tags.get("fsrf.role") == "robustness")
+    proc = subprocess.run([sys.executable, str(ROOT / "analysis" / "report.py"), "--robustness-run", parent.info.run_id],
+                          cwd=study["work"], env=study["env"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    html = next((study["work"] / "reports").glob("robustness-*/report.html")).read_text()
+    assert "Table I" in html and "Late fusion" in html and "Ridge" in html
+    assert "data:image/png;base64," in html
+    logged = {a.path for a in study["client"].list_artifacts(parent.info.run_id)}
+    assert "report" in logged
