@@ -247,6 +247,7 @@ def main(argv=None) -> int:
         print(f"benchmark {name} ...", file=sys.stderr, flush=True)
         results["figures"][name] = fns[name](base, args.repeats)
         results["figures"][name]["seconds"] = round(time.time() - t, 1)
+        print(f"  {name}: {json.dumps(results['figures'][name])[:400]}", file=sys.stderr, flush=True)
     key = {"step": "ratio", "sinkhorn": "share", "text_cache": "ratio", "ray_train": "ratio", "scaling": "ratio",
            "memory": "gb", "protocol": "passes"}
     rows = []
