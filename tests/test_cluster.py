@@ -182,7 +182,7 @@ def ray_cluster():
 @pytest.mark.slow
 def test_lost_worker_node(ray_cluster, tmp_path, fsrf_cache):
     """SIGKILL the worker node mid-trial: the trial is retried from its checkpoint, the study completes."""
-    n_trials, epochs, nan_trial = 4, 5, 4
+    n_trials, epochs, nan_trial = 4, 12, 4  # 12: reused actors make trials quick; the kill must land inside one
     cluster, study_dir = ray_cluster, tmp_path / "runs" / "tune" / "c"
     worker_prefix = f"{cluster['dir']}/worker1"
     worker_pids = set(marked(worker_prefix))
