@@ -189,22 +189,29 @@ def build_config(raw: dict | None = None, *, where: str = "config") -> RunConfig
         raise InputError(where, None, _first_error(err)) from None
 
 
+def read_yaml_mapping(path: str | Path, *, what: str, mapping: str) -> dict:
+    """A YAML file whose top level is a mapping; one-line ``InputError`` naming the file otherwise.
+
+    ``what`` names the file in "<what> not found"; ``mapping`` says what the top level should hold.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(str(p), None, f"{what} not found")
+    try:
+        raw = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise InputError(str(p), None, f"not valid YAML ({str(err).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise InputError(str(p), None, f"top level must be {mapping}")
+    return raw
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | dict[str, Any] = ()) -> RunConfig:
     """Load a YAML config (None: defaults), apply dotted overrides, validate."""
-    raw: dict = {}
-    where = "config"
-    if path is not None:
-        p = Path(path)
-        where = str(p)
-        if not p.is_file():
-            raise InputError(where, None, "config file not found")
-        try:
-            raw = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise InputError(where, None, f"not valid YAML ({str(err).splitlines()[0]})") from None
-        if not isinstance(raw, dict):
-            raise InputError(where, None, "top level must be a mapping of sections")
-    return build_config(apply_overrides(raw, overrides), where=where)
+    if path is None:
+        return build_config(apply_overrides({}, overrides), where="config")
+    raw = read_yaml_mapping(path, what="config file", mapping="a mapping of sections")
+    return build_config(apply_overrides(raw, overrides), where=str(Path(path)))
 
 
 def flatten(cfg: RunConfig | dict, prefix: str = "") -> dict[str, Any]:

@@ -15,9 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from fsrf.config import RunConfig, build_config, flatten
+from fsrf.config import RunConfig, build_config, flatten, read_yaml_mapping
 from fsrf.errors import InputError
 
 DISTRIBUTIONS = ("uniform", "loguniform", "randint", "choice")
@@ -64,16 +62,8 @@ class SearchSpace:
 
 def load_space(path: str | Path, base: RunConfig | None = None) -> SearchSpace:
     """Read and validate a search-space YAML against the config fields (and the ``base`` config)."""
-    where = str(path)
-    p = Path(path)
-    if not p.is_file():
-        raise InputError(where, None, "search space file not found")
-    try:
-        raw = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise InputError(where, None, f"not valid YAML ({str(err).splitlines()[0]})") from None
-    if not isinstance(raw, dict):
-        raise InputError(where, None, "top level must be a mapping with a 'params' section")
+    where = str(Path(path))
+    raw = read_yaml_mapping(path, what="search space file", mapping="a mapping with a 'params' section")
     unknown = set(raw) - {"params", "start_with_base"}
     if unknown:
         raise InputError(where, sorted(unknown)[0], "unknown key (expected params, start_with_base)")
