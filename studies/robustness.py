@@ -83,7 +83,7 @@ def tuned_values(args, uri: str) -> tuple[dict, str]:
         best = json.loads(path.read_text()).get("best_config") or {}
         if not best:
             raise InputError(str(path), "best_config", "the study has no finished trial")
-        return best, f"study {args.from_study} (best trial)"
+        return best, f"study {args.from_study} (best configuration)"
     if args.from_run:
         from studies.tracking import client_for
 
@@ -97,7 +97,7 @@ def tuned_values(args, uri: str) -> tuple[dict, str]:
         best = {k[len("best."):]: v for k, v in run.data.params.items() if k.startswith("best.")}
         if not best:
             raise InputError("--from-run", None, f"run {args.from_run} has no best.* params (not a tuning study?)")
-        return best, f"MLflow run {args.from_run} (best trial)"
+        return best, f"MLflow run {args.from_run} (best configuration)"
     return {}, "config" if args.config else "defaults"
 
 
@@ -147,16 +147,18 @@ def main(argv=None) -> int:
     import ray  # noqa: F401
     from ray import tune
 
+    from fsrf.manifest import code_state
     from studies import worker  # torch: only once the input is known to be good
 
-    started = time.time()
+    started, driver_cpu0 = time.time(), time.process_time()
     storage = Path(args.storage).resolve()
     study_dir = storage / args.name
     study_dir.mkdir(parents=True, exist_ok=True)
     total_cpus = runtime.start_ray(args.address, args.cpus)
     concurrent = max(1, int(total_cpus // args.cpus_per_run))
     settings = worker.TrialSettings(base=flatten(base), max_epochs=epochs, threads=max(1, int(args.cpus_per_run)),
-                                    storage=str(storage))
+                                    storage=str(storage), code=code_state(),
+                                    study={"name": args.name, "kind": "robustness", "source": source})
     trainable = tune.with_resources(tune.with_parameters(worker.robustness_trainable, settings=settings),
                                     {"cpu": args.cpus_per_run})
 
@@ -166,8 +168,10 @@ def main(argv=None) -> int:
             "fsrf.data": f"{base.data.source}/{base.data.preset}"}
     parent = client.create_run(exp_id, run_name=f"robustness-{args.name}",
                                tags={**tags, "fsrf.role": "robustness", "fsrf.source": source}).info.run_id
-    study_params = {"study.variants": ",".join(variants), "study.seeds": args.seeds, "study.epochs": epochs,
-                    "study.overlaps": args.overlaps or "None", "study.source": source}
+    study_params = {"study.name": args.name, "study.objective": tags["fsrf.objective"],
+                    "study.variants": ",".join(variants), "study.seeds": args.seeds, "study.epochs": epochs,
+                    "study.overlaps": args.overlaps or "None", "study.source": source,
+                    "study.selection": "epoch with the best val/Non0_F1_score/objective"}
     tracking.log_params(client, parent, {**study_params, **{f"base.{k}": v for k, v in flatten(base).items()}})
     tracker = tracking.TrialTracker(uri=uri, experiment_id=exp_id, parent_run_id=parent,
                                     base_params={**flatten(base), **study_params},
@@ -200,11 +204,15 @@ def main(argv=None) -> int:
     table.write_parquet(study_dir / "runs.parquet")
     client.log_artifact(parent, str(study_dir / "runs.parquet"))
     wall = time.time() - started
+    cost, driver_cpu = tracking.study_cost(results), time.process_time() - driver_cpu0
     tracking.log_metrics(client, parent, {"study/wall_time_s": wall, "study/runs": len(table),
-                                          "study/errored": len(specs) - len(table)}, step=0)
+                                          "study/errored": len(specs) - len(table), "study/cpu_s": cost["cost/cpu_s"],
+                                          "study/driver_cpu_s": driver_cpu, "study/gpu_s": cost["cost/gpu_s"],
+                                          "study/trial_wall_s": cost["cost/wall_s"]}, step=0)
     interrupted = results.num_terminated + results.num_errors < len(results)
     client.set_terminated(parent, status="KILLED" if interrupted else "FINISHED")
     print_summary(table, wall, len(specs))
+    print(tracking.cost_line(cost, wall_s=wall, driver_cpu_s=driver_cpu, n=len(specs), what="runs"))
     if interrupted:
         print("the study was interrupted: the parent run is marked KILLED; its finished runs are kept", file=sys.stderr)
     print(f"report: python analysis/report.py --robustness-run {parent}"
@@ -242,7 +250,8 @@ def runs_table(results, tracker):
             continue
         spec = r.config["spec"]
         row = {"run_id": tracker.runs.get(r.metrics.get("trial_id")), "variant": spec["variant"],
-               "seed": spec["seed"], "overlap": spec["overlap"]}
+               "seed": spec["seed"], "overlap": spec["overlap"], "best_epoch": r.metrics.get("best_epoch"),
+               "cpu_s": r.metrics.get("cost/cpu_s"), "wall_s": r.metrics.get("cost/wall_s")}
         row.update({k: v for k, v in r.metrics.items() if k.startswith("test/")})
         rows.append(row)
     schema = {"run_id": pl.String, "variant": pl.String, "seed": pl.Int64, "overlap": pl.Float64}

@@ -4,14 +4,19 @@ Everything is logged from the driver (a Tune callback), never from trial workers
 single-writer limit is never hit and Ray workers need no tracking credentials.
 
 Names (SPEC section 6): params are flat dotted config names (``loss.lambda1``, ``train.lr``, ``seed``);
-metrics are ``train/<loss>`` and ``val/<metric>/<condition>`` per epoch (step = epoch), and
-``best/val/...`` at the selected epoch. Tags: ``fsrf.trial_id``, ``fsrf.trial_index``, ``fsrf.status``
-and ``fsrf.stop_reason``. Runs end FINISHED, FAILED or KILLED: never left RUNNING.
+metrics are ``train/<loss>`` and ``val/<metric>/<condition>`` per epoch (step = epoch), ``best/val/...``
+at the selected epoch, ``final/val/...`` at the last epoch run, ``best/epoch`` and ``final/epoch``, and
+the trial's cost ``cost/cpu_s``, ``cost/wall_s``, ``cost/gpu_s``. Tags: ``fsrf.trial_id``,
+``fsrf.trial_index``, ``fsrf.status``, ``fsrf.stop_reason`` and the manifest's ``fsrf.code_commit``,
+``fsrf.data_fingerprint``, ``fsrf.encoder_id``, ``fsrf.selection``, ``fsrf.seed``; the artifact
+``manifest.json`` (``fsrf.manifest``) completed with the outcome when the trial ends. Runs end FINISHED,
+FAILED or KILLED: never left RUNNING.
 """
 
 from __future__ import annotations
 
 import base64
+import json
 import math
 import os
 import sys
@@ -26,8 +31,10 @@ from ray import tune
 
 from fsrf.errors import InputError
 
-# MLflow refuses some characters in metric names and very long params: keep both safe.
+# MLflow's limits (mlflow/utils/validation.py): param values 6000 characters, tag values 8000, 100 params
+# and 1000 metrics per log_batch call.
 _PARAM_MAX = 6000
+_TAG_MAX = 8000
 
 
 def resolve_tracking_uri(uri: str | None, root: str | Path = ".") -> str:
@@ -188,13 +195,15 @@ class TrialTracker(tune.Callback):
 
     def __init__(self, *, uri: str, experiment_id: str, parent_run_id: str, base_params: dict[str, Any],
                  tags: dict[str, str], max_epochs: int, name_fn=None, params_fn=None, tags_fn=None,
-                 artifacts: tuple[str, ...] = ()):
+                 artifacts: tuple[str, ...] = (), time_budget_s: float | None = None):
         self.uri, self.exp, self.parent = uri, experiment_id, parent_run_id
         self.name_fn, self.artifacts = name_fn or run_name, artifacts
         self.tags_fn = tags_fn or (lambda trial: {})
         self.params_fn = params_fn or (lambda trial: {k: v for k, v in trial.config.items() if not isinstance(v, dict)})
         self.base_params, self.tags, self.max_epochs = base_params, tags, max_epochs
         self.runs: dict[str, str] = {}
+        self.manifests: dict[str, dict] = {}
+        self.budget_end = time.time() + time_budget_s if time_budget_s else None
         self._client = None
 
     @property
@@ -232,8 +241,38 @@ class TrialTracker(tune.Callback):
         self.run_for(trial)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
+        from studies.worker import MANIFEST
+
         run_id = self.run_for(trial)
-        log_metrics(self.client, run_id, numeric_metrics(result), step=int(result.get("epoch", iteration)))
+        if isinstance(result.get(MANIFEST), str):  # a trial's first report (again after a restore)
+            manifest = json.loads(result[MANIFEST])
+            self.manifests[trial.trial_id] = manifest
+            self._log_manifest(run_id, manifest)
+        log_metrics(self.client, run_id, numeric_metrics(result, prefixes=("train/", "val/", "best/", "test/", "cost/")),
+                    step=int(result.get("epoch", iteration)))
+
+    def _log_manifest(self, run_id: str, manifest: dict) -> None:
+        from mlflow.entities import RunTag
+
+        from fsrf.manifest import tags as manifest_tags
+
+        self.client.log_dict(run_id, manifest, "manifest.json")
+        items = [RunTag(k, v[:_TAG_MAX]) for k, v in manifest_tags(manifest).items()]
+        self.client.log_batch(run_id, tags=items)
+
+    def _outcome(self, trial, run_id: str, reason: str) -> None:
+        """Best and final values, the selected epoch and the completed manifest of a trial that ended."""
+        from fsrf.manifest import complete
+
+        last = trial.last_result or {}
+        final = {f"final/{k}": v for k, v in numeric_metrics(last, prefixes=("val/",)).items()}
+        epochs = {"best/epoch": float(last.get("best_epoch", 0) or 0), "final/epoch": float(last.get("epoch", 0) or 0)}
+        log_metrics(self.client, run_id, {**final, **epochs}, step=int(last.get("epoch", 0) or 0))
+        manifest = self.manifests.get(trial.trial_id)
+        if manifest is not None:
+            self._log_manifest(run_id, complete(
+                manifest, epochs_run=int(epochs["final/epoch"]), best_epoch=int(epochs["best/epoch"]),
+                stop_reason=reason, metrics=numeric_metrics(last, prefixes=("best/", "test/", "cost/"))))
 
     def _end(self, trial, status: str, reason: str) -> None:
         run_id = self.run_for(trial)
@@ -247,7 +286,13 @@ class TrialTracker(tune.Callback):
             self._end(trial, "FAILED", failed)
             return
         epochs = int((trial.last_result or {}).get("epoch", 0))
-        reason = "completed" if epochs >= self.max_epochs else f"early-stopped by the scheduler after {epochs} epochs"
+        if epochs >= self.max_epochs:
+            reason = "completed"
+        elif self.budget_end is not None and time.time() >= self.budget_end:
+            reason = f"stopped by the study's time budget after {epochs} epochs"
+        else:
+            reason = f"early-stopped by the scheduler after {epochs} epochs"
+        self._outcome(trial, self.run_for(trial), reason)
         if self.artifacts and trial.checkpoint is not None:
             with trial.checkpoint.as_directory() as d:
                 for name in self.artifacts:
@@ -261,10 +306,12 @@ class TrialTracker(tune.Callback):
     def close(self, status: str = "KILLED") -> int:
         """End every child run still RUNNING (interrupted study); returns how many were ended."""
         n = 0
+        budget = self.budget_end is not None and time.time() >= self.budget_end
+        reason = "stopped by the study's time budget" if budget else "study interrupted"
         for run in self.client.search_runs([self.exp], filter_string=f"tags.`mlflow.parentRunId` = '{self.parent}'"
                                            " and attributes.status = 'RUNNING'"):
             self.client.set_tag(run.info.run_id, "fsrf.status", status)
-            self.client.set_tag(run.info.run_id, "fsrf.stop_reason", "study interrupted")
+            self.client.set_tag(run.info.run_id, "fsrf.stop_reason", reason)
             self.client.set_terminated(run.info.run_id, status=status)
             n += 1
         return n
@@ -288,32 +335,80 @@ def error_reason(trial) -> str:
     return lines[-1] if lines else "trial failed (no error file)"
 
 
-class ProgressPrinter(tune.Callback):
-    """One line per trial epoch and per trial end on stderr (Tune's own tables are switched off)."""
+def study_cost(results) -> dict[str, float]:
+    """Total CPU-, wall- and GPU-seconds of a study's trials (their last reports) from a Tune ResultGrid."""
+    from studies.worker import COST_KEYS
 
-    def __init__(self, max_epochs: int, *, metric: str, name_fn=None):
-        self.max_epochs, self.metric, self.best = max_epochs, metric, float("-inf")
+    total = dict.fromkeys(COST_KEYS, 0.0)
+    for r in results:
+        for k in COST_KEYS:
+            v = (r.metrics or {}).get(k)
+            if isinstance(v, (int, float)) and math.isfinite(v):
+                total[k] += float(v)
+    return total
+
+
+def cost_line(cost: dict[str, float], *, wall_s: float, driver_cpu_s: float, n: int, what: str = "trials") -> str:
+    return (f"cost: {n} {what}, {cost['cost/cpu_s']:.0f} CPU-s in {what} + {driver_cpu_s:.0f} CPU-s driver "
+            f"({(cost['cost/cpu_s'] + driver_cpu_s) / 3600:.2f} CPU-h), {cost['cost/gpu_s']:.0f} GPU-s, "
+            f"{wall_s / 60:.1f} min wall")
+
+
+class ProgressPrinter(tune.Callback):
+    """A few lines on stderr instead of Tune's tables: a status line whenever a trial ends, and at most
+    every ``every_s`` seconds while trials run: trials done, running, stopped early and failed, the best
+    objective so far and its trial, and the CPU-seconds spent."""
+
+    def __init__(self, max_epochs: int, *, metric: str, name_fn=None, every_s: float = 30.0):
+        self.max_epochs, self.metric, self.every_s = max_epochs, metric, every_s
         self.name = name_fn or run_name
-        self.start = time.time()
+        self.start = self.last = time.time()
+        self.best, self.best_name = float("-inf"), ""
+        self.cpu: dict[str, float] = {}
+        self.stopped = self.failed = 0
 
     def _line(self, text: str) -> None:
         print(f"[{(time.time() - self.start) / 60:5.1f} min] {text}", file=sys.stderr, flush=True)
 
+    def _status(self, trials) -> str:
+        done = sum(t.status in ("TERMINATED", "ERROR") for t in trials)
+        running = sum(t.status == "RUNNING" for t in trials)
+        best = f"best {self.best:.4f} ({self.best_name})" if self.best_name else "best -"
+        return (f"{done}/{len(trials)} trials done ({self.stopped} stopped early, {self.failed} failed), "
+                f"{running} running | {best} | {sum(self.cpu.values()):.0f} CPU-s")
+
     def on_trial_result(self, iteration, trials, trial, result, **info):
         value = result.get(self.metric)
-        if isinstance(value, (int, float)):
-            self.best = max(self.best, value)
-        if any(k.startswith("test/") for k in result) or "failed_reason" in result:
-            return  # the final test report of a robustness run repeats the last epoch; failures: below
-        self._line(f"{self.name(trial)} epoch {result.get('epoch', '?')}/{self.max_epochs}  "
-                   f"objective {result.get(self.metric.removeprefix('best/'), float('nan')):.4f}  "
-                   f"study best {self.best:.4f}")
+        if isinstance(value, (int, float)) and math.isfinite(value) and value > self.best:
+            self.best, self.best_name = value, self.name(trial)
+        if isinstance(result.get("cost/cpu_s"), (int, float)):
+            self.cpu[trial.trial_id] = result["cost/cpu_s"]
+        if time.time() - self.last >= self.every_s:
+            self.last = time.time()
+            self._line(self._status(trials))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        done = sum(t.status in ("TERMINATED", "ERROR") for t in trials) + 1
         failed = failed_reason(trial)
-        state = f"FAILED: {failed}" if failed else "done"
-        self._line(f"{self.name(trial)} {state} ({done}/{len(trials)} trials finished)")
+        epochs = int((trial.last_result or {}).get("epoch", 0) or 0)
+        if failed:
+            self.failed += 1
+            state = f"FAILED: {failed}"
+        elif epochs < self.max_epochs:
+            self.stopped += 1
+            state = f"stopped after {epochs}/{self.max_epochs} epochs"
+        else:
+            state = "done"
+        value = (trial.last_result or {}).get(self.metric)
+        score = f" {value:.4f}" if isinstance(value, (int, float)) and math.isfinite(value) else ""
+        self.last = time.time()
+        # a trial's status is still RUNNING inside this callback: count it as done
+        self._line(f"{self.name(trial)} {state}{score}  |  " + self._status(
+            [t if t is not trial else _Done() for t in trials]))
 
     def on_trial_error(self, iteration, trials, trial, **info):
+        self.failed += 1
         self._line(f"{self.name(trial)} FAILED: {error_reason(trial)}")
+
+
+class _Done:
+    status = "TERMINATED"

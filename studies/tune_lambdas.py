@@ -5,6 +5,7 @@
     python studies/tune_lambdas.py --num-samples 64 --max-epochs 20 --address 10.0.0.5:6379 \\
         --tracking-uri http://10.0.0.5:5000               # on a cluster, with a shared tracking server
     python studies/tune_lambdas.py --resume               # continue an interrupted study
+    python studies/tune_lambdas.py --seeds-per-config 3   # each configuration over 3 training seeds, select on the mean
     mlflow ui --backend-store-uri sqlite:///$PWD/mlflow.db  # then open #/experiments/<id>/runs
 
 Ray Tune runs the trials (OptunaSearch, seeded TPE; ASHA stops weak trials early on the per-epoch
@@ -13,9 +14,18 @@ six missing conditions and the ten intra-curve points at each trial's best epoch
 never computed here; they belong to the robustness study. ``--multi-objective`` searches complete-
 modality F1 (``lav``) against ``avg_missing`` F1 and prints the Pareto front.
 
-Every trial is a nested MLflow child run of one parent run per invocation; the study also writes
-``trials.parquet`` (trials x params x best-epoch metrics) and ``epochs.parquet`` (per-epoch metrics)
-into its folder ``<storage>/<name>/``.
+Seeds are an axis: ``--search-seed`` seeds the sampler, the config's ``seed`` the training, and
+``--seeds-per-config K`` trains every proposed configuration with K training seeds (``seed``,
+``seed+1``, ...; Tune's ``Repeater``): Optuna is told the mean over the K seeds and the study selects
+the configuration with the best mean. ASHA would stop the K repeats of a configuration one by one, so
+with K > 1 every trial runs its full ``--max-epochs``.
+
+The Optuna study lives in ``<storage>/<name>/optuna.db`` (or ``--optuna-storage``, e.g. PostgreSQL on a
+cluster): ``--resume`` continues its history and ``optuna-dashboard sqlite:///<that file>`` opens it.
+Every trial is a nested MLflow child run of one parent run per invocation, with the study's params and
+tags, a manifest (``fsrf.manifest``) and its cost in CPU-seconds; the study also writes
+``trials.parquet`` (trials x params x best-epoch metrics), ``configs.parquet`` (per configuration: mean,
+std and n over seeds) and ``epochs.parquet`` (per-epoch metrics) into its folder ``<storage>/<name>/``.
 """
 
 from __future__ import annotations
@@ -42,10 +52,15 @@ def parse(argv=None) -> argparse.Namespace:
                     help="override a base config field, e.g. data.preset=mosei (repeatable)")
     ap.add_argument("--space", default=str(ROOT / "configs" / "search_space.yaml"), help="search space YAML")
     ap.add_argument("--name", default="fsrf-tune", help="study name: MLflow experiment and Ray folder")
-    ap.add_argument("--num-samples", type=int, default=24, help="trials to run (default 24)")
+    ap.add_argument("--num-samples", type=int, default=24,
+                    help="configurations to try (default 24); trials = this x --seeds-per-config")
     ap.add_argument("--max-epochs", type=int, default=12, help="epochs of a trial that ASHA never stops (default 12)")
     ap.add_argument("--grace-period", type=int, default=3, help="ASHA: epochs before a trial can be stopped")
     ap.add_argument("--search-seed", type=int, default=0, help="seed of the TPE sampler (not of training)")
+    ap.add_argument("--seeds-per-config", type=int, default=1,
+                    help="training seeds per configuration; the study selects on their mean (default 1)")
+    ap.add_argument("--optuna-storage", help="Optuna storage URL (default sqlite:///<storage>/<name>/optuna.db)")
+    ap.add_argument("--time-budget", type=float, default=None, help="stop the study after this many minutes")
     ap.add_argument("--multi-objective", action="store_true", help="search lav F1 against avg_missing F1")
     ap.add_argument("--workers-per-trial", type=int, default=0,
                     help="0: plain function trainable (default, cheapest); N: Ray Train TorchTrainer with N workers")
@@ -73,7 +88,9 @@ def validate(args) -> None:
     checks = [("--num-samples", args.num_samples >= 1), ("--max-epochs", args.max_epochs >= 1),
               ("--grace-period", 1 <= args.grace_period <= args.max_epochs),
               ("--workers-per-trial", args.workers_per_trial >= 0), ("--cpus-per-trial", args.cpus_per_trial > 0),
-              ("--max-failures", args.max_failures >= 0), ("--cpus", args.cpus is None or args.cpus > 0)]
+              ("--max-failures", args.max_failures >= 0), ("--cpus", args.cpus is None or args.cpus > 0),
+              ("--seeds-per-config", args.seeds_per_config >= 1),
+              ("--time-budget", args.time_budget is None or args.time_budget > 0)]
     for flag, ok in checks:
         if not ok:
             raise InputError(flag, None, f"invalid value {getattr(args, flag[2:].replace('-', '_'))!r}")
@@ -103,16 +120,19 @@ def main(argv=None) -> int:
     if not args.resume and state_file.is_file():
         raise InputError(str(study_dir), "--name", "a study of this name exists: pass --resume, or a new --name")
     runtime.check_data(base)
+    optuna_url = args.optuna_storage or f"sqlite:///{study_dir / 'optuna.db'}"
 
     import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search import ConcurrencyLimiter, Repeater
     from ray.tune.search.optuna import OptunaSearch
 
+    from fsrf.manifest import code_state
     from studies import worker
 
-    started = time.time()
+    started, driver_cpu0 = time.time(), time.process_time()
+    repeats = args.seeds_per_config
     total_cpus = runtime.start_ray(args.address, args.cpus)
     use_gpu = args.gpus_per_worker > 0
     if args.workers_per_trial:
@@ -125,20 +145,28 @@ def main(argv=None) -> int:
         per_worker = args.cpus_per_trial
         resources = {"cpu": args.cpus_per_trial, "gpu": args.gpus_per_worker}
     concurrent = max(1, int(total_cpus // args.cpus_per_trial))
+    objective_name = ",".join(MULTI) if args.multi_objective else OBJECTIVE
+    study_info = {"name": args.name, "objective": objective_name, "seeds_per_config": repeats,
+                  "scheduler": "FIFO" if args.multi_objective or repeats > 1 else "ASHA"}
     settings = worker.TrialSettings(base=flatten(base), max_epochs=args.max_epochs,
                                     threads=max(1, int(per_worker)), workers=args.workers_per_trial,
                                     cpus_per_worker=per_worker, use_gpu=use_gpu, storage=str(storage),
-                                    nan_trial=args.nan_trial, metrics=tuple(MULTI) if args.multi_objective else (OBJECTIVE,))
+                                    nan_trial=args.nan_trial, metrics=tuple(MULTI) if args.multi_objective else (OBJECTIVE,),
+                                    code=code_state(), search_seed=args.search_seed, study=study_info)
     fn = worker.train_trainable if args.workers_per_trial else worker.function_trainable
     trainable = tune.with_resources(tune.with_parameters(fn, settings=settings), resources)
 
     client = tracking.client_for(uri)
     exp_id = tracking.experiment_id(client, args.name, artifact_root=tracking.artifact_root(uri, args.name))
-    study_tags = {"fsrf.study": args.name, "fsrf.objective": ",".join(MULTI) if args.multi_objective else OBJECTIVE,
+    study_tags = {"fsrf.study": args.name, "fsrf.objective": objective_name,
                   "fsrf.data": f"{base.data.source}/{base.data.preset}", "fsrf.variant": _variant(base)}
-    study_params = {"study.num_samples": args.num_samples, "study.max_epochs": args.max_epochs,
-                    "study.search_seed": args.search_seed, "study.workers_per_trial": args.workers_per_trial,
-                    "study.multi_objective": args.multi_objective, "study.searched": ",".join(space.names)}
+    study_params = {"study.name": args.name, "study.objective": objective_name,
+                    "study.num_samples": args.num_samples, "study.max_epochs": args.max_epochs,
+                    "study.search_seed": args.search_seed, "study.seeds_per_config": repeats,
+                    "study.scheduler": study_info["scheduler"], "study.workers_per_trial": args.workers_per_trial,
+                    "study.multi_objective": args.multi_objective, "study.searched": ",".join(space.names),
+                    "study.optuna_storage": tracking.redact(optuna_url),
+                    "study.selection": "epoch with the best val/Non0_F1_score/objective"}
     if args.resume:
         saved = json.loads(state_file.read_text())
         parent = saved["parent_run_id"]
@@ -150,25 +178,44 @@ def main(argv=None) -> int:
                                              **{f"base.{k}": v for k, v in flatten(base).items()}})
         client.log_dict(parent, {"params": space.describe(), "start_with_base": space.start_with_base},
                         "search_space.json")
+    base_seed = base.seed
+
+    def trial_params(trial) -> dict:
+        sampled = {k: v for k, v in trial.config.items() if "." in k}
+        index = int(trial.config.get(TRIAL_INDEX, 0))
+        return {**sampled, "seed": base_seed + index, "study.seed_index": index}
+
+    def trial_name(trial) -> str:
+        name = tracking.run_name(trial)
+        if repeats > 1:
+            head, _, tail = name.partition("-lr")
+            name = f"{head}-s{int(trial.config.get(TRIAL_INDEX, 0))}" + (f"-lr{tail}" if tail else "")
+        return name
+
     tracker = tracking.TrialTracker(uri=uri, experiment_id=exp_id, parent_run_id=parent,
                                     base_params={**flatten(base), **study_params}, tags=study_tags,
-                                    max_epochs=args.max_epochs)
+                                    max_epochs=args.max_epochs, name_fn=trial_name, params_fn=trial_params,
+                                    time_budget_s=args.time_budget * 60 if args.time_budget else None)
 
     metric, mode = (MULTI, ["max", "max"]) if args.multi_objective else (OBJECTIVE, "max")
     base_point = [{k: flatten(base)[k] for k in space.names}] if space.start_with_base else None
     # Single objective: metric/mode go to TuneConfig, which hands them to the searcher and to ASHA.
     optuna_kw = dict(metric=metric, mode=mode) if args.multi_objective else {}
-    searcher = ConcurrencyLimiter(OptunaSearch(seed=args.search_seed, points_to_evaluate=base_point, **optuna_kw),
+    optuna = OptunaSearch(seed=args.search_seed, points_to_evaluate=base_point, study_name=args.name,
+                          storage=optuna_storage(optuna_url), **optuna_kw)
+    searcher = ConcurrencyLimiter(Repeater(optuna, repeat=repeats, set_index=True) if repeats > 1 else optuna,
                                   max_concurrent=concurrent)
-    scheduler = FIFOScheduler() if args.multi_objective else ASHAScheduler(
+    scheduler = FIFOScheduler() if study_info["scheduler"] == "FIFO" else ASHAScheduler(
         time_attr="epoch", max_t=args.max_epochs, grace_period=args.grace_period, reduction_factor=3)
     run_config = tune.RunConfig(
-        name=args.name, storage_path=str(storage), callbacks=[tracker, tracking.ProgressPrinter(args.max_epochs, metric=OBJECTIVE)], verbose=0,
+        name=args.name, storage_path=str(storage), verbose=0,
+        callbacks=[tracker, tracking.ProgressPrinter(args.max_epochs, metric=OBJECTIVE, name_fn=trial_name)],
         failure_config=tune.FailureConfig(max_failures=args.max_failures),
         # Keep several: Tune deletes old checkpoints before its (lagging) experiment state is synced, and
         # a driver killed in between resumes a trial from a deleted one (then the trial fails).
         checkpoint_config=tune.CheckpointConfig(num_to_keep=5))
-    print(f"study {args.name}: {args.num_samples} trials x <= {args.max_epochs} epochs, {concurrent} at a time "
+    print(f"study {args.name}: {args.num_samples} configurations x {repeats} seed(s) x <= {args.max_epochs} epochs, "
+          f"{concurrent} at a time "
           f"on {total_cpus:g} CPUs ({'Ray Train, %d worker(s)' % args.workers_per_trial if args.workers_per_trial else 'function trainable'})",
           file=sys.stderr, flush=True)
     if not args.resume:
@@ -182,7 +229,8 @@ def main(argv=None) -> int:
             tuner = tune.Tuner(trainable, param_space=space.tune_space(),
                                tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
                                                            reuse_actors=not args.workers_per_trial,
-                                                           num_samples=args.num_samples,
+                                                           num_samples=args.num_samples * repeats,
+                                                           time_budget_s=args.time_budget * 60 if args.time_budget else None,
                                                            max_concurrent_trials=concurrent,
                                                            metric=None if args.multi_objective else metric,
                                                            mode=None if args.multi_objective else mode),
@@ -195,17 +243,22 @@ def main(argv=None) -> int:
             client.set_terminated(parent, status="KILLED")
             if ended:
                 print(f"marked {ended} unfinished trial run(s) KILLED", file=sys.stderr)
-    summary = summarise(results, space, study_dir, multi=args.multi_objective)
+    summary = summarise(results, space, study_dir, multi=args.multi_objective, base_seed=base_seed)
     wall = time.time() - started
+    cost, driver_cpu = tracking.study_cost(results), time.process_time() - driver_cpu0
     tracking.log_metrics(client, parent, {k: v for k, v in summary["best_metrics"].items()}
                          | {"study/wall_time_s": wall, "study/trials": summary["trials"],
-                            "study/errored": summary["errored"]}, step=0)
+                            "study/errored": summary["errored"], "study/cpu_s": cost["cost/cpu_s"],
+                            "study/driver_cpu_s": driver_cpu, "study/gpu_s": cost["cost/gpu_s"],
+                            "study/trial_wall_s": cost["cost/wall_s"]}, step=0)
     tracking.log_params(client, parent, {f"best.{k}": v for k, v in summary["best_config"].items()})
-    for f in ("trials.parquet", "epochs.parquet", "summary.json"):
+    for f in ("trials.parquet", "configs.parquet", "epochs.parquet", "summary.json"):
         client.log_artifact(parent, str(study_dir / f))
     interrupted = results.num_terminated + results.num_errors < len(results)
     client.set_terminated(parent, status="KILLED" if interrupted else "FINISHED")
     _print_summary(summary, wall, uri, exp_id, study_dir)
+    print(tracking.cost_line(cost, wall_s=wall, driver_cpu_s=driver_cpu, n=summary["trials"]))
+    print(f"Optuna study: {tracking.redact(optuna_url)} (study {args.name!r}; optuna-dashboard opens it)")
     if interrupted:
         print("the study was interrupted: continue it with --resume", file=sys.stderr)
     if summary["trials"] and summary["errored"] == summary["trials"]:
@@ -216,14 +269,32 @@ def main(argv=None) -> int:
     return 0
 
 
+TRIAL_INDEX = "__trial_index__"  # set by Tune's Repeater: which of a configuration's seeds a trial is
+
+
+def optuna_storage(url: str):
+    """The searcher's persistent Optuna storage (SQLite or PostgreSQL URL); a bad URL fails in one line."""
+    import optuna
+
+    from fsrf.errors import InputError
+
+    try:
+        return optuna.storages.RDBStorage(url)
+    except Exception as err:  # sqlalchemy's errors vary by dialect; the message says what is wrong
+        from studies.tracking import redact
+
+        raise InputError("--optuna-storage", None, f"cannot open {redact(url)}: {str(err).splitlines()[0]}") from None
+
+
 def _variant(cfg) -> str:
     m = cfg.model
     off = [n for n, on in (("dhf", m.dhf), ("das", m.das), ("noise", m.noise)) if not on]
     return "fsrf" if not off else "no_" + "_".join(off)
 
 
-def summarise(results, space, study_dir: Path, *, multi: bool) -> dict:
-    """Write the tidy trial table and the per-epoch table; pick the best trial (or the Pareto front)."""
+def summarise(results, space, study_dir: Path, *, multi: bool, base_seed: int = 0) -> dict:
+    """Write the trial, configuration and per-epoch tables; pick the best configuration by its mean
+    objective over seeds (or the Pareto front of trials)."""
     import polars as pl
 
     from studies.worker import FAILED_REASON
@@ -252,26 +323,52 @@ def summarise(results, space, study_dir: Path, *, multi: bool) -> dict:
             last = {"epoch": last.get("epoch", 0), "best_epoch": last.get("best_epoch", 0)}
         error = failed or (str(r.error).splitlines()[-1][:500] if r.error else None)
         row = {"trial_id": trial_id, "status": "ERROR" if error else "TERMINATED", "error": error,
-               "epochs": int(last.get("epoch", 0) or 0), "best_epoch": int(last.get("best_epoch", 0) or 0)}
+               "seed": base_seed + int(r.config.get(TRIAL_INDEX, 0)),
+               "epochs": int(last.get("epoch", 0) or 0), "best_epoch": int(last.get("best_epoch", 0) or 0),
+               "cpu_s": last.get("cost/cpu_s"), "wall_s": last.get("cost/wall_s")}
         row.update({k: r.config.get(k) for k in space.names})
         row.update({k: last.get(k) for k in (OBJECTIVE, *MULTI)})
         rows.append(row)
-    trials = pl.DataFrame(rows, infer_schema_length=None)
+    # one configuration = one set of searched values (its seeds differ): numbered in order of appearance
+    ids: dict[tuple, int] = {}
+    for row in rows:
+        row["config_id"] = ids.setdefault(tuple(repr(row[k]) for k in space.names), len(ids) + 1)
+    trials = pl.DataFrame(rows, infer_schema_length=None, schema_overrides={"config_id": pl.Int64})
     trials.write_parquet(study_dir / "trials.parquet")
     all_epochs = pl.concat(epochs, how="diagonal_relaxed") if epochs else pl.DataFrame()
     all_epochs.write_parquet(study_dir / "epochs.parquet")
     done = trials.filter(pl.col(OBJECTIVE).is_not_null())
+    configs = config_table(done, space.names)
+    configs.write_parquet(study_dir / "configs.parquet")
     summary = {"trials": len(trials), "errored": int((trials["status"] == "ERROR").sum()), "best_config": {},
-               "best_metrics": {}, "pareto": []}
-    if len(done):
-        best = done.sort(OBJECTIVE, descending=True).row(0, named=True)
-        summary["best_trial"] = best["trial_id"]
+               "best_metrics": {}, "pareto": [], "configs": len(configs)}
+    if len(configs):
+        best = configs.row(0, named=True)  # sorted: best mean objective first
+        summary["best_trial"] = done.filter(pl.col("config_id") == best["config_id"]).sort(
+            OBJECTIVE, descending=True)["trial_id"][0]
         summary["best_config"] = {k: best[k] for k in space.names}
         summary["best_metrics"] = {k: best[k] for k in (OBJECTIVE, *MULTI) if best[k] is not None}
+        summary["best_seeds"] = {"n": best["n_seeds"], "std": best["objective_std"]}
         if multi:
             summary["pareto"] = pareto_front(done, MULTI).to_dicts()
     (study_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     return summary
+
+
+def config_table(trials, names: list[str]):
+    """Per configuration: the mean of each metric over its seeds (named as the metric), the objective's
+    std over seeds and the number of seeds, best mean objective first."""
+    import polars as pl
+
+    if not len(trials):
+        return pl.DataFrame({"config_id": [], "n_seeds": [], OBJECTIVE: [], "objective_std": []},
+                            schema={"config_id": pl.Int64, "n_seeds": pl.UInt32, OBJECTIVE: pl.Float64,
+                                    "objective_std": pl.Float64})
+    metrics = [m for m in (OBJECTIVE, *MULTI) if m in trials.columns]
+    return (trials.group_by("config_id", maintain_order=True)
+            .agg(pl.len().alias("n_seeds"), *[pl.first(n) for n in names], *[pl.col(m).mean() for m in metrics],
+                 pl.col(OBJECTIVE).std().alias("objective_std"))
+            .sort(OBJECTIVE, descending=True))
 
 
 def pareto_front(df, cols: list[str]):
@@ -286,7 +383,10 @@ def pareto_front(df, cols: list[str]):
 def _print_summary(summary: dict, wall: float, uri: str, exp_id: str, study_dir: Path) -> None:
     print(f"\n{summary['trials']} trials ({summary['errored']} errored) in {wall / 60:.1f} min")
     if summary["best_config"]:
-        print(f"best trial {summary['best_trial']}: {OBJECTIVE} = {summary['best_metrics'].get(OBJECTIVE, float('nan')):.4f}")
+        seeds = summary.get("best_seeds", {"n": 1, "std": None})
+        spread = f" +- {seeds['std']:.4f} (std over {seeds['n']} seeds, mean shown)" if seeds["n"] > 1 else ""
+        print(f"best configuration (trial {summary['best_trial']}): {OBJECTIVE} = "
+              f"{summary['best_metrics'].get(OBJECTIVE, float('nan')):.4f}{spread}")
         for k, v in summary["best_config"].items():
             print(f"  {k} = {v}")
     if summary["pareto"]:

@@ -20,8 +20,10 @@ run FAILED with that reason.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,10 +49,40 @@ class TrialSettings:
     storage: str = ""  # absolute Ray storage folder (Train runs are kept under it)
     nan_trial: int | None = None  # test-only: this trial index makes its loss NaN (fault-tolerance tests)
     metrics: tuple[str, ...] = ()  # the study's metrics: a non-finite trial's last report sets them to NaN
+    code: dict | None = None  # the driver's git state (workers may have no checkout)
+    search_seed: int | None = None
+    study: dict | None = None  # study name, objective, ... for every run's manifest
+    seed_offset_key: str = "__trial_index__"  # Tune's Repeater puts the repeat index here
+
+
+MANIFEST = "manifest"  # result key of a trial's first report: its manifest as JSON
+COST_KEYS = ("cost/cpu_s", "cost/wall_s", "cost/gpu_s")
+
+
+class Meter:
+    """CPU-, wall- and GPU-seconds of one trial, carried across restores through its checkpoint.
+
+    CPU time is this process's (all its threads); with N Train workers rank 0 measures its own share,
+    so the trial's CPU-seconds are estimated as N times that.
+    """
+
+    def __init__(self, *, resume: dict | None, workers: int = 1, gpus: int = 0):
+        prior = (resume or {}).get("cost", {})
+        self.cpu0, self.wall0 = time.process_time(), time.time()
+        self.prior_cpu, self.prior_wall = prior.get("cost/cpu_s", 0.0), prior.get("cost/wall_s", 0.0)
+        self.workers, self.gpus = max(1, workers), gpus
+
+    def read(self) -> dict[str, float]:
+        wall = self.prior_wall + time.time() - self.wall0
+        cpu = self.prior_cpu + (time.process_time() - self.cpu0) * self.workers
+        return {"cost/cpu_s": cpu, "cost/wall_s": wall, "cost/gpu_s": wall * self.gpus}
 
 
 def trial_config(settings: TrialSettings, sampled: dict[str, Any]) -> RunConfig:
+    """The run config of a trial: the base, the sampled values, and the trial's seed (the base seed plus
+    the repeat index when each configuration is trained with several seeds)."""
     flat = {**settings.base, **{k: v for k, v in sampled.items() if "." in k or k == "seed"}}
+    flat["seed"] = int(flat.get("seed", 0)) + int(sampled.get(settings.seed_offset_key, 0))
     flat["train.epochs"] = settings.max_epochs
     flat["train.threads"] = settings.threads
     flat["train.use_gpu"] = settings.use_gpu
@@ -105,26 +137,57 @@ def failed_result(settings: TrialSettings, err: BaseException) -> dict[str, Any]
 
 def function_trainable(config: dict[str, Any], settings: TrialSettings) -> None:
     """A Tune function trainable: one FSRF run in this process, reporting each epoch to Tune."""
+    _quiet()
     from ray import tune
 
     from fsrf.train import fit
 
+    resume = load_state(tune.get_checkpoint())
+    meter = Meter(resume=resume, gpus=int(settings.use_gpu))
     cfg = trial_config(settings, config)
     prep = prepared_for(cfg)
     if _poisoned(settings, _index(tune.get_context())):
         prep = _poison(prep)
     torch.set_num_threads(settings.threads)
-
-    def report(epoch: int, metrics: dict, state) -> None:
-        with tempfile.TemporaryDirectory() as d:
-            save_state(state(), d)
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
-
+    report = reporter(tune.report, tune.Checkpoint, meter, run_manifest(settings, cfg, prep))
     try:
-        fit(cfg, prep=prep, report=report, resume=load_state(tune.get_checkpoint()),
-            evaluate_test=False, log=lambda s: None)
+        fit(cfg, prep=prep, report=report, resume=resume, evaluate_test=False, log=lambda s: None)
     except FloatingPointError as err:
         tune.report(failed_result(settings, err))
+
+
+def _quiet() -> None:
+    """No "Checkpoint successfully created" line per epoch in the driver's output (Ray forwards the
+    trial processes' INFO logs): the study prints its own progress."""
+    import logging
+
+    logging.getLogger("ray.train").setLevel(logging.WARNING)
+
+
+def run_manifest(settings: TrialSettings, cfg: RunConfig, prep) -> dict:
+    from fsrf import manifest
+
+    return manifest.build(cfg, data_fingerprint=prep.data_fingerprint, encoder_id=prep.encoder_id,
+                          code=settings.code, search_seed=settings.search_seed, study=settings.study)
+
+
+def reporter(send, checkpoint_cls, meter: Meter, manifest: dict | None, *, checkpoint: bool = True):
+    """The ``report`` callback of ``fit``: every epoch's metrics with the trial's cost so far and a
+    checkpoint (model, optimizer, RNG, cost); the first report of a process also carries the manifest."""
+    pending = {MANIFEST: json.dumps(manifest, default=str)} if manifest is not None else {}
+
+    def report(epoch: int, metrics: dict, state) -> None:
+        cost = meter.read()
+        payload = {**metrics, **cost, **pending}
+        pending.clear()
+        if not checkpoint:
+            send(payload)
+            return
+        with tempfile.TemporaryDirectory() as d:
+            save_state({**state(), "cost": cost}, d)
+            send(payload, checkpoint=checkpoint_cls.from_directory(d))
+
+    return report
 
 
 def _index(ctx) -> int:
@@ -142,23 +205,18 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     from fsrf.train import fit
 
     settings: TrialSettings = loop_config["settings"]
+    _quiet()
     cfg = build_config(unflatten(loop_config["run"]), where="trial config")
+    resume = load_state(ray.train.get_checkpoint())
+    meter = Meter(resume=resume, workers=settings.workers, gpus=settings.workers * int(settings.use_gpu))
     prep = prepared_for(cfg)
     if loop_config.get("poison"):
         prep = _poison(prep)
     torch.set_num_threads(settings.threads)
     rank = ray.train.get_context().get_world_rank()
-
-    def report(epoch: int, metrics: dict, state) -> None:
-        if rank == 0:
-            with tempfile.TemporaryDirectory() as d:
-                save_state(state(), d)
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
-        else:
-            ray.train.report(metrics)
-
-    fit(cfg, prep=prep, report=report, resume=load_state(ray.train.get_checkpoint()),
-        evaluate_test=False, log=lambda s: None)
+    report = reporter(ray.train.report, ray.train.Checkpoint, meter,
+                      run_manifest(settings, cfg, prep) if rank == 0 else None, checkpoint=rank == 0)
+    fit(cfg, prep=prep, report=report, resume=resume, evaluate_test=False, log=lambda s: None)
 
 
 def train_trainable(config: dict[str, Any], settings: TrialSettings) -> None:
@@ -218,40 +276,43 @@ def robustness_trainable(config: dict[str, Any], settings: TrialSettings) -> Non
     synthetic data with all three modalities, ``representations.npz`` (R_ho, R_he, R_n, Z on the
     complete test split, with the labels and the true latents) for the factorization probe.
     """
-    import json
-
     from ray import tune
 
     from fsrf.config import apply_overrides
     from fsrf.train import fit, representations
     from studies.robustness import variant_overrides
 
+    from fsrf import manifest as manifest_mod
+
+    _quiet()
     spec = config["spec"]
     flat = {**settings.base, **variant_overrides(spec["variant"]), "seed": spec["seed"],
             "missing.overlap": spec["overlap"], "train.epochs": settings.max_epochs, "train.threads": settings.threads}
     cfg = build_config(apply_overrides({}, flat), where="robustness run")
     torch.set_num_threads(settings.threads)
-
-    def report(epoch: int, metrics: dict, state) -> None:
-        with tempfile.TemporaryDirectory() as d:
-            save_state(state(), d)
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
-
+    resume = load_state(tune.get_checkpoint())
+    meter = Meter(resume=resume, gpus=int(settings.use_gpu))
     prep = prepared_for(cfg)
+    manifest = run_manifest(settings, cfg, prep)
     if spec["variant"] == "ridge":  # no training loop: a closed-form fit on the frozen states
         from fsrf.baselines import ridge_baseline
 
-        tune.report({**ridge_baseline(prep, mask_seed=cfg.eval.mask_seed), "epoch": 1, "best_epoch": 1})
+        tune.report({**ridge_baseline(prep, mask_seed=cfg.eval.mask_seed), "epoch": 1, "best_epoch": 1,
+                     **meter.read(), MANIFEST: json.dumps(manifest, default=str)})
         return
+    report = reporter(tune.report, tune.Checkpoint, meter, manifest)
     try:
-        result = fit(cfg, prep=prep, report=report, resume=load_state(tune.get_checkpoint()), log=lambda s: None)
+        result = fit(cfg, prep=prep, report=report, resume=resume, log=lambda s: None)
     except FloatingPointError as err:
         tune.report(failed_result(settings, err))
         return
     final = {**result.val, **result.test, "epoch": len(result.history), "best_epoch": result.best_epoch + 1,
-             "wall_time_s": result.wall_time_s}
+             "wall_time_s": result.wall_time_s, **meter.read()}
+    done = manifest_mod.complete(manifest, epochs_run=len(result.history), best_epoch=result.best_epoch + 1,
+                                 stop_reason=result.stop_reason, metrics={**result.val, **result.test})
     with tempfile.TemporaryDirectory() as d:
         Path(d, "metrics.json").write_text(json.dumps(result.to_json(cfg), indent=1))
+        manifest_mod.write(done, Path(d, "manifest.json"))
         split = prep.raw.get("test")
         if split is not None and split.latents and len(prep.modalities) == 3:
             reps = representations(result.model, prep.splits["test"], modalities=prep.modalities,
