@@ -270,6 +270,112 @@ def test_study_leaves_no_process_behind(study):
     assert study["leftover"] == []
 
 
+def _manifest(ml, run) -> dict:
+    import mlflow
+
+    return mlflow.artifacts.load_dict(run.info.artifact_uri + "/manifest.json")
+
+
+def test_child_runs_carry_the_study_context_and_a_manifest(study):
+    """Filters on study params/tags in the MLflow UI keep the children; every trial has a manifest whose
+    seeds, data and code match the run, and its outcome matches the logged best and final values."""
+    ml = study["ml"]
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    for run in ml.children:
+        p, t = run.data.params, run.data.tags
+        assert p["study.name"] == "s" and p["study.objective"] == BEST and p["study.search_seed"] == "0"
+        assert p["study.selection"].startswith("epoch with the best val/Non0_F1_score/objective")
+        assert (t["fsrf.study"], t["fsrf.objective"], t["fsrf.data"], t["fsrf.variant"]) == \
+            ("s", BEST, "synthetic/mosi", "fsrf")
+        if run.info.status == "FAILED":
+            continue
+        man = _manifest(ml, run)
+        assert man["schema"] == "fsrf.manifest/1"
+        assert man["seeds"] == {"search": 0, "train": int(p["seed"]), "data": 0, "eval_mask": 1234}
+        assert man["code"]["commit"] == (head or "unknown") == t["fsrf.code_commit"]
+        assert man["data"]["fingerprint"] == t["fsrf.data_fingerprint"] and len(t["fsrf.data_fingerprint"]) == 16
+        assert man["packages"]["torch"] == __import__("torch").__version__
+        assert {k: str(v) for k, v in man["config"].items() if k in study["space"].names} == \
+            {k: p[k] for k in study["space"].names}
+        out, m = man["outcome"], run.data.metrics
+        history = ml.history(run, OBJECTIVE)
+        assert out["epochs_run"] == m["final/epoch"] == len(history)
+        best_step = max(history, key=lambda sv: sv[1])[0]
+        assert out["best_epoch"] == m["best/epoch"] == best_step  # the first epoch reaching the maximum
+        assert out["metrics"][BEST] == m[BEST] == max(v for _, v in history)
+        assert m["final/" + OBJECTIVE] == history[-1][1]
+        assert out["stop_reason"] == t["fsrf.stop_reason"]
+        assert 0 < m["cost/cpu_s"] and 0 < m["cost/wall_s"] and m["cost/gpu_s"] == 0
+
+
+def test_progress_is_a_few_lines_and_the_cost_is_reported(study):
+    proc, ml = study["proc"], study["ml"]
+    assert "Checkpoint successfully created" not in proc.stdout + proc.stderr
+    status = [ln for ln in proc.stderr.splitlines() if "trials done" in ln]
+    assert 1 <= len(status) <= N_TRIALS + 2 * study["wall"] / 30 + 1
+    last = status[-1]
+    assert f"{N_TRIALS}/{N_TRIALS} trials done" in last and "1 failed" in last and "0 running" in last
+    children = sum(r.data.metrics.get("cost/cpu_s", 0.0) for r in ml.children)
+    assert ml.parent.data.metrics["study/cpu_s"] == pytest.approx(children, rel=1e-6)
+    (line,) = [ln for ln in proc.stdout.splitlines() if ln.startswith("cost:")]
+    assert f"{N_TRIALS} trials, {children:.0f} CPU-s in trials" in line
+
+
+def test_a_trial_rerun_from_its_manifest_reproduces_its_metrics(study, tmp_path):
+    """The manifest.json of a finished trial, fed to ``studies/train.py --manifest``, gives the same
+    best validation values (exactly: same config, seed, data and thread count, on CPU)."""
+    ml = study["ml"]
+    run = next(r for r in ml.children if r.info.status == "FINISHED")
+    path = tmp_path / "manifest.json"
+    path.write_text(json.dumps(_manifest(ml, run)))
+    proc = subprocess.run([sys.executable, str(ROOT / "studies" / "train.py"), "--manifest", str(path),
+                           "--output", str(tmp_path / "out")], cwd=tmp_path, env=study_env(tmp_path),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, tail(proc)
+    assert re.search(r"reproduced: [1-9]\d* metrics equal", proc.stdout), proc.stdout
+    # tampering with the recorded outcome is caught (exit 1): the comparison can fail
+    man = json.loads(path.read_text())
+    man["outcome"]["metrics"][BEST] += 0.01
+    path.write_text(json.dumps(man))
+    proc = subprocess.run([sys.executable, str(ROOT / "studies" / "train.py"), "--manifest", str(path),
+                           "--output", str(tmp_path / "out2")], cwd=tmp_path, env=study_env(tmp_path),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and "NOT reproduced" in proc.stdout, tail(proc)
+
+
+def test_seeds_per_config_selects_on_the_mean(tmp_path):
+    """2 configurations x 2 training seeds: Optuna (persisted in optuna.db) is told each configuration's
+    mean over its seeds, and the study selects the configuration with the best mean."""
+    import optuna
+
+    try:
+        proc = run_study(tmp_path, "--name", "k", "--num-samples", "2", "--seeds-per-config", "2",
+                         "--max-epochs", "2", "--cpus", "2")
+    finally:
+        reap(tmp_path, grace=10)
+    assert proc.returncode == 0, tail(proc)
+    folder = tmp_path / "runs" / "tune" / "k"
+    trials = pl.read_parquet(folder / "trials.parquet")
+    configs = pl.read_parquet(folder / "configs.parquet")
+    assert trials.height == 4 and configs.height == 2
+    ml = Mlflow(tmp_path, "k")
+    for (cid,), group in trials.group_by("config_id"):
+        assert sorted(group["seed"].to_list()) == [0, 1]  # the base seed and the next
+        row = configs.filter(pl.col("config_id") == cid).row(0, named=True)
+        values = group[BEST].to_list()
+        assert row["n_seeds"] == 2 and row[BEST] == pytest.approx(sum(values) / 2)
+        assert row["objective_std"] == pytest.approx(abs(values[0] - values[1]) / 2 ** 0.5)
+    for run in ml.children:
+        assert re.fullmatch(r"trial-\d{3}-s[01]-lr\de-\d", run.info.run_name), run.info.run_name
+        assert run.data.params["seed"] == run.info.run_name.split("-s")[1][0]
+        assert _manifest(ml, run)["seeds"]["train"] == int(run.data.params["seed"])
+    best = configs.sort(BEST, descending=True).row(0, named=True)
+    assert ml.parent.data.metrics[BEST] == pytest.approx(best[BEST])
+    stored = optuna.load_study(study_name="k", storage=f"sqlite:///{folder / 'optuna.db'}")
+    assert sorted(t.value for t in stored.trials) == pytest.approx(sorted(configs[BEST].to_list()))
+    assert [t.state.name for t in stored.trials] == ["COMPLETE", "COMPLETE"]
+
+
 # -------------------------------------------------------------------------------- the Ray Train path
 
 def test_ray_train_workers_log_the_same_schema(study, tmp_path):
@@ -405,5 +511,11 @@ def test_resume_after_a_killed_driver(tmp_path):
     trials = pl.read_parquet(study_dir / "trials.parquet")
     assert trials.height == n and set(trials["trial_id"]) == set(ids)
     assert trials["status"].to_list() == ["TERMINATED"] * n
+    # the searcher's history survived: the Optuna storage holds every trial, before and after the kill
+    import optuna
+
+    stored = optuna.load_study(study_name="r", storage=f"sqlite:///{study_dir / 'optuna.db'}")
+    assert [t.state.name for t in stored.trials] == ["COMPLETE"] * n
+    assert sorted(t.value for t in stored.trials) == pytest.approx(sorted(trials[BEST].to_list()))
     per_trial = pl.read_parquet(study_dir / "epochs.parquet").group_by("trial_id").agg(pl.col("epoch").sort())
     assert {t: e for t, e in per_trial.iter_rows()} == {t: list(range(1, epochs + 1)) for t in ids}
