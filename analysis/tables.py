@@ -20,6 +20,7 @@ import numpy as np
 import polars as pl
 from scipy import stats
 
+from analysis import uncertainty
 from analysis.load import BASELINES, long_metrics, ordered_variants
 from fsrf.missing import MISSING_CONDITIONS
 
@@ -244,3 +245,96 @@ def p_values(t: pl.DataFrame, *, key: str = "condition") -> pl.DataFrame:
 def to_csv(t: pl.DataFrame) -> str:
     """The long table with full precision (fractions, not percent): what a reader re-analyses."""
     return t.write_csv()
+
+
+# -- uncertainty over seeds (rliable; analysis/uncertainty.py) --------------------------------------------
+
+BOOTSTRAP_REPS, BOOTSTRAP_SEED = 2000, 0  # a fixed seed: the report's intervals are reproducible
+
+
+def uncertainty_table(df: pl.DataFrame, metric: str = "Non0_F1_score", *, reps: int = BOOTSTRAP_REPS,
+                      seed: int = BOOTSTRAP_SEED) -> pl.DataFrame:
+    """Per variant, over its seeds: mean, std, IQM and their 95 % stratified-bootstrap intervals of two
+    scores, and FSRF's probability of improvement over the variant (``analysis.uncertainty``): the
+    chance that FSRF scores better (higher; lower for MAE) on a condition, for a seed of each.
+
+    The scores: ``avg_missing``, a (seeds, 6) matrix with the six missing conditions as tasks (its mean
+    is Table I's avg_missing), and the complete condition (``lav``; ``l`` for text-only data, which then
+    is the only score) as one task. P(FSRF better) takes all of these conditions as tasks. Seeds
+    lacking any of them are left out. One row per variant: variant, n, ``<score>_{mean, std, iqm,
+    mean_lo, mean_hi, iqm_lo, iqm_hi}`` per score, poi, poi_lo, poi_hi (null for FSRF itself or
+    without FSRF runs), poi_tasks, metric.
+    """
+    def have(c):
+        return f"test/{metric}/{c}" in df.columns
+
+    complete = complete_condition(df, metric)
+    scores = [(s, conds) for s, conds in (("avg_missing", MISSING_CONDITIONS), (complete, (complete,)))
+              if all(map(have, conds))]
+    tasks = list(dict.fromkeys(c for _, conds in scores for c in conds))
+    fields = ("mean", "std", "iqm", "mean_lo", "mean_hi", "iqm_lo", "iqm_hi")
+    schema = {"variant": pl.String, "n": pl.Int64, **{f"{s}_{k}": pl.Float64 for s, _ in scores for k in fields},
+              "poi": pl.Float64, "poi_lo": pl.Float64, "poi_hi": pl.Float64, "poi_tasks": pl.String}
+    cols = [pl.col(f"test/{metric}/{c}") for c in tasks]
+    variants = ordered_variants(df["variant"].to_list()) if tasks else []
+    matrices = {v: df.filter((pl.col("variant") == v) & pl.all_horizontal([c.is_finite() for c in cols]))
+                .select(cols).to_numpy() for v in variants}
+    matrices = {v: m for v, m in matrices.items() if len(m)}  # (seeds, tasks)
+    sign = -1.0 if metric in LOWER_IS_BETTER else 1.0  # "better" is lower for MAE
+    rows = []
+    for variant, m in matrices.items():
+        row = {"variant": variant, "n": len(m), "poi_tasks": ",".join(tasks)}
+        for score, conds in scores:
+            x = m[:, [tasks.index(c) for c in conds]]  # (seeds, tasks of this score)
+            for name, statistic in (("mean", uncertainty.mean), ("iqm", uncertainty.iqm)):
+                row[f"{score}_{name}"], row[f"{score}_{name}_lo"], row[f"{score}_{name}_hi"] = \
+                    uncertainty.stratified_bootstrap_ci(x, statistic, reps=reps, seed=seed, vectorized=True)
+            row[f"{score}_std"] = float(np.std(x.mean(axis=1), ddof=1)) if len(x) > 1 else None  # as Table I
+        if REFERENCE in matrices and variant != REFERENCE:
+            row["poi"], row["poi_lo"], row["poi_hi"] = uncertainty.probability_of_improvement_ci(
+                sign * matrices[REFERENCE], sign * m, reps=reps, seed=seed)
+        rows.append(row)
+    return pl.DataFrame(rows, schema=schema).with_columns(metric=pl.lit(metric))
+
+
+def uncertainty_display(u: pl.DataFrame) -> pl.DataFrame:
+    """The uncertainty table as text cells (F1 and accuracies in percent): per score mean ± std, the 95 %
+    interval of the mean, IQM [95 % interval]; then P(FSRF better than the variant) [95 % interval]."""
+    metric = u["metric"][0] if u.height else ""
+    scale, digits = (100.0, 2) if metric in PERCENT else (1.0, 3)
+    scores = [c.removesuffix("_mean") for c in u.columns if c.endswith("_mean")]
+    rows = []
+    for r in u.iter_rows(named=True):
+        row = {"Variant": variant_name(r["variant"]), "n": str(r["n"])}
+        for s in scores:
+            f = {k: _fmt(r[f"{s}_{k}"], scale, digits) for k in ("mean", "std", "iqm", "mean_lo", "mean_hi",
+                                                                  "iqm_lo", "iqm_hi")}
+            label = condition_label(s)
+            row[f"{label} mean ± std"] = f"{f['mean']} ± {f['std']}"
+            row[f"{label} 95% CI of mean"] = f"[{f['mean_lo']}, {f['mean_hi']}]"
+            row[f"{label} IQM [95% CI]"] = f"{f['iqm']} [{f['iqm_lo']}, {f['iqm_hi']}]"
+        row[f"P({NAMES[REFERENCE]} better than variant) [95% CI]"] = (
+            "-" if r["poi"] is None else f"{r['poi']:.2f} [{r['poi_lo']:.2f}, {r['poi_hi']:.2f}]")
+        rows.append(row)
+    return pl.DataFrame(rows, schema={k: pl.String for k in rows[0]} if rows else None)
+
+
+def frame_markdown(df: pl.DataFrame) -> str:
+    """A table of text cells as GitHub Markdown, the first column left-aligned."""
+    out = ["| " + " | ".join(df.columns) + " |", "|---|" + "---:|" * (df.width - 1)]
+    out += ["| " + " | ".join(row) + " |" for row in df.iter_rows()]
+    return "\n".join(out) + "\n"
+
+
+def frame_latex(df: pl.DataFrame, *, caption: str = "") -> str:
+    """A table of text cells as a booktabs ``tabular`` (in a ``table`` float when a caption is given)."""
+    def tex(s):
+        return _tex(s).replace("±", r"$\pm$")
+
+    body = [r"\begin{tabular}{l" + "r" * (df.width - 1) + "}", r"\toprule",
+            " & ".join(tex(c) for c in df.columns) + r" \\", r"\midrule",
+            *(" & ".join(tex(x) for x in row) + r" \\" for row in df.iter_rows()), r"\bottomrule", r"\end{tabular}"]
+    if not caption:
+        return "\n".join(body) + "\n"
+    return "\n".join([r"\begin{table}[t]", r"\centering", rf"\caption{{{_tex(caption)}}}", *body,
+                      r"\end{table}"]) + "\n"
