@@ -50,6 +50,27 @@ def test_every_variant_and_seed_is_a_finished_child_with_test_metrics(study):
     assert all(r.data.params["model.dhf"] == "False" and r.data.params["missing.p0"] == "0.0" for r in late)
 
 
+def test_runs_carry_the_study_context_a_manifest_and_their_cost(study):
+    import mlflow
+
+    runs = study["runs"]
+    parent = next(r for r in runs if r.data.tags.get("fsrf.role") == "robustness")
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    for r in children:
+        assert r.data.params["study.name"] == "fsrf-robustness" and r.data.params["study.seeds"] == "2"
+        assert r.data.tags["fsrf.study"] == "fsrf-robustness" and r.data.tags["fsrf.data"] == "synthetic/mosi"
+        man = mlflow.artifacts.load_dict(r.info.artifact_uri + "/manifest.json")
+        assert man["seeds"]["train"] == int(r.data.params["seed"]) == int(r.data.tags["fsrf.seed"])
+        assert man["config"]["model.dhf"] == (r.data.params["model.dhf"] == "True")  # the variant's own switches
+        out = man["outcome"]
+        assert out["metrics"]["test/Non0_F1_score/lav"] == r.data.metrics["test/Non0_F1_score/lav"]
+        assert out["best_epoch"] == r.data.metrics["best/epoch"] >= 1
+        assert r.data.metrics["cost/cpu_s"] > 0 and r.data.metrics["cost/gpu_s"] == 0
+    total = sum(r.data.metrics["cost/cpu_s"] for r in children)
+    assert parent.data.metrics["study/cpu_s"] == pytest.approx(total, rel=1e-6)
+    assert "cost: 6 runs" in study["stdout"]
+
+
 def test_runs_parquet_matches_mlflow(study):
     table = pl.read_parquet(study["work"] / "runs" / "robustness" / "fsrf-robustness" / "runs.parquet")
     assert len(table) == 6
