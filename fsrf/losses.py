@@ -142,6 +142,12 @@ def noise_entropy(noise: Tensor, mu: float, sigma2: float, jitter: float = 1e-4)
 
     The covariance and its log-determinant are computed in float64 and cast back: C_m + jitter I has a
     condition number of order 1/jitter or worse, where a float32 Cholesky and its gradient lose digits.
+    When B < D the log-determinant comes from the B x B Gram matrix instead (Sylvester's determinant
+    identity, exact): with X the centred (B, D) noise and C = X^T X / (B - 1),
+
+        logdet(C + jitter I_D) = D log(jitter) + logdet(I_B + X X^T / ((B - 1) jitter)),
+
+    a 32 x 32 Cholesky instead of a 128 x 128 one at the default batch and width.
 
     Args:
         noise: (B, M, D) noise representations R^n, modalities in order (l, a, v); B >= 2.
@@ -161,10 +167,16 @@ def noise_entropy(noise: Tensor, mu: float, sigma2: float, jitter: float = 1e-4)
         raise ValueError(f"noise: needs B >= 2 samples for an unbiased covariance, got B = {batch}")
     x = noise.to(torch.float64).transpose(0, 1)  # (M, B, D)
     centred = x - x.mean(dim=1, keepdim=True)  # (M, B, D)
-    cov = centred.transpose(1, 2) @ centred / (batch - 1)  # (M, D, D)
-    eye = torch.eye(d, dtype=torch.float64, device=noise.device)
-    chol = torch.linalg.cholesky(cov + jitter * eye)  # (M, D, D)
-    logdet = 2 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)  # (M,)
+    if batch < d:  # Sylvester: the B x B Gram matrix has the same nonzero spectrum as the covariance
+        gram = centred @ centred.transpose(1, 2) / ((batch - 1) * jitter)  # (M, B, B)
+        eye = torch.eye(batch, dtype=torch.float64, device=noise.device)
+        chol = torch.linalg.cholesky(gram + eye)  # (M, B, B)
+        logdet = d * math.log(jitter) + 2 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)  # (M,)
+    else:
+        cov = centred.transpose(1, 2) @ centred / (batch - 1)  # (M, D, D)
+        eye = torch.eye(d, dtype=torch.float64, device=noise.device)
+        chol = torch.linalg.cholesky(cov + jitter * eye)  # (M, D, D)
+        logdet = 2 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)  # (M,)
     entropy = 0.5 * (d * math.log(2 * math.pi * math.e) + logdet)  # (M,)
 
     var = centred.pow(2).sum(dim=1) / (batch - 1)  # (M, D), = diagonal of cov

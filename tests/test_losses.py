@@ -191,6 +191,15 @@ def test_noise_entropy_matches_scipy_reference(m, batch, d):
     assert got == pytest.approx(ref_noise_entropy(noise, 0.2, 0.8), rel=1e-9)
 
 
+def test_noise_entropy_gram_path_at_the_default_sizes():
+    """B = 32 < D = 128 takes the B x B Gram form (Sylvester); it must equal the D x D reference, and its
+    gradient must be right too."""
+    noise = randn(32, 3, 128, seed=11)
+    assert noise_entropy(noise, 0.1, 0.9).item() == pytest.approx(ref_noise_entropy(noise, 0.1, 0.9), rel=1e-9)
+    leaf = randn(3, 2, 5, seed=12).requires_grad_()
+    assert torch.autograd.gradcheck(lambda n: noise_entropy(n, 0.1, 0.5, jitter=1e-2), (leaf,))
+
+
 def test_noise_entropy_jitter_dtype_gradcheck_validates():
     noise = randn(5, 3, 4, seed=7)
     assert noise_entropy(noise, 0.0, 1.0, jitter=1e-2).item() == pytest.approx(
