@@ -16,6 +16,7 @@ import polars as pl
 from matplotlib.figure import Figure
 
 from analysis.load import RIDGE, VARIANT_ORDER, ordered_variants
+from analysis.robustness import MODALITY_NAMES
 from analysis.tables import PERCENT, condition_label, variant_name
 
 _COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#7f7f7f", "#ff7f0e", "#8c564b", "#e377c2")
@@ -51,14 +52,37 @@ def save(fig: Figure, folder: str | Path, name: str) -> list[Path]:
     return [png, svg]
 
 
+MAX_RATE_COLOR = "#333333"
+MAX_RATE_LABEL = "max training rate"
+
+
+def mark_max_training_rate(ax, marks: dict[str, float] | None, *, colors: dict[str, str] | None = None) -> None:
+    """Vertical dashed lines at the largest missing rate of the training schedule, labelled "max training
+    rate" (MuteBench: robustness holds only up to the highest rate a model was trained with).
+
+    ``marks``: who (a variant's or a modality's display name) -> rate (``robustness.max_training_rate``).
+    Those sharing a rate share one line; when the rates differ, each line names whom it belongs to and
+    takes their colour from ``colors`` when it belongs to one alone.
+    """
+    by_rate: dict[float, list[str]] = {}
+    for who, rate in (marks or {}).items():
+        by_rate.setdefault(round(rate, 9), []).append(who)
+    for rate, whos in sorted(by_rate.items()):
+        label = f"{MAX_RATE_LABEL} {rate:g}" + (f" ({', '.join(whos)})" if len(by_rate) > 1 else "")
+        c = (colors or {}).get(whos[0], MAX_RATE_COLOR) if len(by_rate) > 1 and len(whos) == 1 else MAX_RATE_COLOR
+        ax.axvline(rate, color=c, ls=(0, (5, 3)), lw=1.2, alpha=0.9, zorder=1.5, label=label,
+                   gid=f"max-training-rate:{rate:g}")
+
+
 def curves_figure(curves: pl.DataFrame, *, metric: str = "Non0_F1_score", unk: pl.DataFrame | None = None,
-                  references: dict[str, float] | None = None) -> Figure:
+                  references: dict[str, float] | None = None, max_rates: dict[str, float] | None = None) -> Figure:
     """Fig. 2: score against the intra-modality missing ratio p, mean over seeds with a +-1 std band.
 
     ``curves`` are the zeroed-state curves (``robustness.curves``), solid; the ridge baseline dotted and
     grey. ``unk``, when given, are the [UNK]-id word-drop curves (``kind="unk"``), dashed in the
     variant's colour. ``references`` (label -> value, fractions like the curves) are drawn as short
-    horizontal marks at p = 0: the paper's numbers, context only.
+    horizontal marks at p = 0: the paper's numbers, context only. ``max_rates`` (variant -> rate) marks
+    the training schedule's largest rate of the variants drawn (``mark_max_training_rate``).
     """
     scale, ylabel = _scale(metric)
     two_ways = unk is not None and unk.height > 0
@@ -77,6 +101,9 @@ def curves_figure(curves: pl.DataFrame, *, metric: str = "Non0_F1_score", unk: p
                     ls=style or linestyle(variant), label=label, gid=f"curve:{variant}:{how}")
             ax.fill_between(p, m - s, m + s, color=color(variant), alpha=0.18 if style is None else 0.10,
                             linewidth=0)
+    drawn = set(curves["variant"].to_list())
+    mark_max_training_rate(ax, {variant_name(v): r for v, r in (max_rates or {}).items() if v in drawn},
+                           colors={variant_name(v): color(v) for v in drawn})
     for (label, value), c in zip((references or {}).items(), REFERENCE_COLORS):
         ax.plot([-0.035, 0.07], [value * scale] * 2, color=c, lw=2.4, solid_capstyle="butt",
                 label=f"{label}: {value * scale:.2f} at p = 0 (BERT-base, other protocol)", gid=f"reference:{label}")
@@ -90,6 +117,53 @@ def curves_figure(curves: pl.DataFrame, *, metric: str = "Non0_F1_score", unk: p
     title = ("Word drop two ways: zeroed states (solid) and [UNK] ids (dashed); mean ± 1 std over seeds"
              if two_ways else "Robustness to intra-modality missingness (mean ± 1 std over seeds)")
     ax.set_title(title, fontsize=10)
+    return fig
+
+
+MODALITY_COLORS = {"l": "#1f77b4", "a": "#d62728", "v": "#2ca02c"}
+MODALITY_MARKERS = {"l": "o", "a": "s", "v": "^"}
+
+
+def modality_curves_figure(curves: pl.DataFrame, *, metric: str = "Non0_F1_score",
+                           max_rates: dict[str, dict[str, float]] | None = None) -> Figure:
+    """Per-modality missingness: one panel per variant, one line per modality, the score when only that
+    modality loses frames at ratio p (the others complete), mean over seeds with a +-1 std band.
+
+    ``curves`` come from ``robustness.modality_curves``. ``max_rates``: variant -> modality -> the
+    largest rate at which its training schedule dropped that modality's frames; marked on each panel
+    (one line when the modalities share it).
+    """
+    scale, ylabel = _scale(metric)
+    variants = ordered_variants(curves["variant"].to_list())
+    cols = min(len(variants), 3)
+    rows = math.ceil(len(variants) / cols)
+    fig = Figure(figsize=(3.7 * cols + 0.6, 3.2 * rows + 0.7), layout="constrained")
+    axes = fig.subplots(rows, cols, sharex=True, sharey=True, squeeze=False).ravel()
+    for ax, variant in zip(axes, variants):
+        mine = curves.filter(pl.col("variant") == variant)
+        for m in MODALITY_NAMES:
+            c = mine.filter(pl.col("modality") == m).sort("p")
+            if c.height == 0:
+                continue
+            p, mean = c["p"].to_numpy(), c["mean"].to_numpy() * scale
+            s = c["std"].fill_null(0.0).to_numpy() * scale
+            ax.plot(p, mean, marker=MODALITY_MARKERS[m], ms=3.5, color=MODALITY_COLORS[m],
+                    label=f"{MODALITY_NAMES[m]} lost (n={c['n'][0]})", gid=f"modality:{variant}:{m}")
+            ax.fill_between(p, mean - s, mean + s, color=MODALITY_COLORS[m], alpha=0.15, linewidth=0)
+        rates = (max_rates or {}).get(variant, {})
+        mark_max_training_rate(ax, {MODALITY_NAMES[m]: r for m, r in rates.items()},
+                               colors={MODALITY_NAMES[m]: MODALITY_COLORS[m] for m in MODALITY_NAMES})
+        ax.set_title(variant_name(variant), fontsize=10)
+        ax.set_xticks(np.round(np.arange(0, 1.01, 0.2), 1))
+        ax.set_xlim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+        ax.legend(frameon=False, fontsize=7)
+    for ax in axes[len(variants):]:
+        ax.set_visible(False)
+    fig.supxlabel("missing ratio p of one modality, the other two complete (p = 0: complete modalities)",
+                  fontsize=9)
+    fig.supylabel(ylabel, fontsize=9)
+    fig.suptitle("Which modality's loss hurts most (mean ± 1 std over seeds)", fontsize=10)
     return fig
 
 

@@ -10,6 +10,12 @@ encoder instead of zeroing their cached states; every function here takes ``kind
 The summaries come from ``fsrf.metrics``: ``relative_robustness`` (trapezoid area under f),
 ``effective_robustness`` (what is kept beyond the late-fusion baseline shifted to the same clean
 score) and ``minmax_normalise`` across the compared variants.
+
+Per-modality curves (``kind="intra_l"``, ``"intra_a"``, ``"intra_v"``): f(p) is the score under
+``intra_<m>_<p>``, only modality m losing frames while the others stay complete, and f(0) the same
+complete score; the modality whose curve has the lowest area is the one whose loss hurts most
+(``hardest_modality``). Every curve figure marks the largest missing rate of the training schedule
+(``max_training_rate``, from the run params): beyond it, robustness is extrapolated, not trained.
 """
 
 from __future__ import annotations
@@ -19,20 +25,26 @@ import math
 import numpy as np
 import polars as pl
 
-from analysis.load import BASELINE, ordered_variants
+from analysis.load import BASELINE, RIDGE, ordered_variants
 from analysis.tables import complete_condition
+from fsrf import MODALITIES
 from fsrf.metrics import effective_robustness, minmax_normalise, relative_robustness
-from fsrf.missing import INTRA_POINTS, intra_name
+from fsrf.missing import INTRA_POINTS, Schedule, intra_name, modality_name
 
 P_GRID = (0.0, *INTRA_POINTS)  # the 11 points of a curve
 # The two ways to lose a word: ``intra_p`` zeroes the dropped tokens' encoder states (cache-friendly, the
 # platform's default); ``unk_p`` replaces their ids with [UNK] before a live encoder (the field's code).
 KINDS = {"intra": "zeroed states", "unk": "[UNK] ids"}
+# One modality at a time (``intra_<m>_<p>``): the curve kind of each modality, and its name for readers.
+MODALITY_KINDS = {f"intra_{m}": m for m in MODALITIES}
+MODALITY_NAMES = {"l": "language", "a": "audio", "v": "visual"}
 
 
 def point_name(kind: str, p: float) -> str:
+    if kind in MODALITY_KINDS:
+        return modality_name(MODALITY_KINDS[kind], p)
     if kind not in KINDS:
-        raise ValueError(f"unknown curve kind {kind!r}; one of {', '.join(KINDS)}")
+        raise ValueError(f"unknown curve kind {kind!r}; one of {', '.join([*KINDS, *MODALITY_KINDS])}")
     return intra_name(p) if kind == "intra" else f"unk_{p}"
 
 
@@ -126,6 +138,98 @@ def robustness_summary(df: pl.DataFrame, metric: str = "Non0_F1_score", *, basel
                                effective_norm=pl.Series([eff[v] for v in out["variant"]], dtype=pl.Float64))
     else:
         out = out.with_columns([pl.lit(None, dtype=t).alias(k) for k, t in norm_schema.items()])
+    return out
+
+
+def modality_kinds(df: pl.DataFrame, metric: str = "Non0_F1_score") -> list[str]:
+    """The per-modality curve kinds (``intra_l``, ``intra_a``, ``intra_v``) that some run has whole."""
+    return [kind for kind in MODALITY_KINDS if has_curve(df, metric, kind)]
+
+
+def modality_curves(df: pl.DataFrame, metric: str = "Non0_F1_score") -> pl.DataFrame:
+    """``curves`` of each per-modality kind the runs have, stacked with a ``modality`` column (l, a, v).
+
+    Columns: variant, modality, p, mean, std, n; empty (same columns) when no run has one.
+    """
+    parts = [curves(df, metric, kind).with_columns(modality=pl.lit(MODALITY_KINDS[kind]))
+             for kind in modality_kinds(df, metric)]
+    schema = {"variant": pl.String, "modality": pl.String, "p": pl.Float64, "mean": pl.Float64,
+              "std": pl.Float64, "n": pl.Int64}
+    return pl.concat(parts).select(list(schema)) if parts else pl.DataFrame(schema=schema)
+
+
+def modality_summary(df: pl.DataFrame, metric: str = "Non0_F1_score", *, baseline: str = BASELINE) -> pl.DataFrame:
+    """``robustness_summary`` of each per-modality curve: per variant and modality the AUC (mean curve),
+    its spread over seeds, and the effective robustness against the baseline's curve of the same
+    modality. Columns: variant, modality, n, auc, auc_seed_mean, auc_seed_std, effective."""
+    schema = {"variant": pl.String, "modality": pl.String, "n": pl.Int64, "auc": pl.Float64,
+              "auc_seed_mean": pl.Float64, "auc_seed_std": pl.Float64, "effective": pl.Float64}
+    parts = [robustness_summary(df, metric, baseline=baseline, kind=kind)
+             .with_columns(modality=pl.lit(MODALITY_KINDS[kind])).select(list(schema))
+             for kind in modality_kinds(df, metric)]
+    if not parts:
+        return pl.DataFrame(schema=schema)
+    order = {v: i for i, v in enumerate(ordered_variants(df["variant"].to_list()))}
+    out = pl.concat(parts).cast(schema)
+    return out.sort([pl.col("variant").replace_strict(order, return_dtype=pl.Int64),
+                     pl.col("modality").replace_strict({m: i for i, m in enumerate(MODALITIES)},
+                                                       return_dtype=pl.Int64)])
+
+
+def hardest_modality(summary: pl.DataFrame) -> dict[str, str]:
+    """Per variant, the modality whose loss hurts most: the lowest AUC of its per-modality curves (all
+    start from the same complete score, so the lowest area is the largest loss). Ties: (l, a, v) order."""
+    out = {}
+    for variant in summary["variant"].unique(maintain_order=True).to_list():
+        rows = summary.filter(pl.col("variant") == variant).iter_rows(named=True)
+        best = min(rows, key=lambda r: (r["auc"], MODALITIES.index(r["modality"])))
+        out[variant] = best["modality"]
+    return out
+
+
+def _number(params: dict[str, str], key: str) -> float | None:
+    """A numeric run param (MLflow keeps params as strings); None when absent, "None" or varying."""
+    value = params.get(key)
+    try:
+        return None if value is None else float(value)
+    except ValueError:  # "varies: ..." over a variant's seeds, or not a number
+        return None
+
+
+def max_training_rate(params: dict[str, str], *, modality: str | None = None) -> float | None:
+    """The largest missing rate a run's MRM schedule reaches, from its (string) params; None if unknown.
+
+    ``Schedule(missing.schedule, missing.p0, missing.p1, missing.at).max_rate(epochs)`` with the epochs
+    the run trained for (``study.epochs``, else ``train.epochs``); without them, the largest rate any
+    run length reaches (p0 for ``constant``, max(p0, p1) otherwise). With ``modality``, times that
+    modality's ``missing.modality_scale.<m>`` (the rate at which its frames are dropped).
+    """
+    kind = params.get("missing.schedule")
+    p0, p1, at = (_number(params, f"missing.{k}") for k in ("p0", "p1", "at"))
+    if kind not in ("constant", "linear", "cosine", "step") or p0 is None:
+        return None
+    if kind != "constant" and p1 is None:
+        return None
+    schedule = Schedule(kind, p0, p1, 0.5 if at is None else at)
+    epochs = _number(params, "study.epochs") or _number(params, "train.epochs")
+    top = schedule.max_rate(int(epochs)) if epochs else max(schedule.p0, schedule.p1 if kind != "constant" else p0)
+    if modality is not None:
+        scale = _number(params, f"missing.modality_scale.{modality}")
+        top *= 1.0 if scale is None else scale
+    return top
+
+
+def max_training_rates(variant_params: dict[str, dict[str, str]], *,
+                       modality: str | None = None) -> dict[str, float]:
+    """``max_training_rate`` per variant whose params say it (``load.StudyConfig.variant_params``).
+
+    The ridge baseline is left out: it is fitted on complete utterances, with no missing-rate schedule.
+    """
+    out = {}
+    for variant, params in variant_params.items():
+        rate = None if variant == RIDGE else max_training_rate(params, modality=modality)
+        if rate is not None:
+            out[variant] = rate
     return out
 
 

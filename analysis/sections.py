@@ -43,6 +43,7 @@ MULTIMODAL_ONLY = (
     "Inter-MM in Table II",
     "the factorization probe and Fig. 3 (homogeneous vs heterogeneous content is defined across modalities)",
     "the paired-mask overlap study (both MRM views always keep the one modality)",
+    "the per-modality curves (one modality loses frames while the others stay complete)",
 )
 
 
@@ -147,7 +148,10 @@ def conditions_text(text_only: bool) -> str:
         "(l = language, a = audio, v = visual); an absent modality is replaced by zeros. <code>{l,a,v}</code> is "
         "the complete input; <b>Avg. (missing)</b> is the mean over the six incomplete conditions.</li>"
         "<li><b>Intra-modality missingness</b> (the curves, Fig. 2): each frame (token) of every modality is "
-        "dropped independently with probability p = 0.1 .. 1.0; p = 1 drops everything.</li></ul>")
+        "dropped independently with probability p = 0.1 .. 1.0; p = 1 drops everything.</li>"
+        "<li><b>Per-modality missingness</b> (extension): the same drops applied to one modality at a time, the "
+        "other two complete (<code>intra_a_0.3</code>: audio at p = 0.3), and every modality at its own rate "
+        "(<code>rates_l0.9_a0.3_v0.3</code>).</li></ul>")
 
 
 def text_only_note(source: str | None, dataset: str | None) -> str:
@@ -208,8 +212,50 @@ def table1_section(rep: Report, main: pl.DataFrame, metric: str, *, ident: str =
     return {"t1": t1, "cond": cond, "row": row}
 
 
+def uncertainty_section(rep: Report, main: pl.DataFrame, metric: str) -> None:
+    """Table I's headline scores with rliable's uncertainty: IQM, bootstrap intervals, P(FSRF better)."""
+    title = f"Uncertainty over seeds ({metric})"
+    u = tables.uncertainty_table(main, metric)
+    if u.height == 0:
+        rep.omitted("uncertainty", title, f"no seed has test/{metric} under the complete condition")
+        return
+    name, shown = f"uncertainty_{metric}", tables.uncertainty_display(u)
+    rep.csv(u, name)
+    (rep.folder / "tables" / f"{name}.md").write_text(tables.frame_markdown(shown))
+    (rep.folder / "tables" / f"{name}.tex").write_text(
+        tables.frame_latex(shown, caption=f"Uncertainty over seeds: {metric}"))
+    rep.files += [f"{name}.md", f"{name}.tex"]
+    tasks = u["poi_tasks"][0].split(",")
+    scores = ("<b>Avg. (missing)</b> is a seeds × 6 score matrix, the six incomplete conditions as tasks (its "
+              "mean is Table I's); "
+              if "avg_missing_mean" in u.columns else "")
+    said = [f"{esc(tables.variant_name(r['variant']))} {num(r['poi'], 2)} [{num(r['poi_lo'], 2)}, "
+            f"{num(r['poi_hi'], 2)}]" for r in u.iter_rows(named=True) if r["poi"] is not None]
+    text = (
+        "<p>How sure the comparison is with so few seeds, as rliable reports it (Agarwal et al. 2021, \"Deep RL at "
+        f"the edge of the statistical precipice\"). {scores}<b>{esc(tables.condition_label(tasks[-1]))}</b> is "
+        "one task. <b>mean ± std</b>: as in Table I, over seeds (ddof = 1). <b>95% CI</b>: the stratified "
+        f"bootstrap percentile interval: {tables.BOOTSTRAP_REPS} times, within every task separately, as many "
+        "seeds as were run are drawn with replacement and the statistic recomputed; the interval holds the "
+        "middle 95% of those values. It cannot reach beyond the observed scores, so with few seeds it "
+        "understates the uncertainty: read it as the least there is. <b>IQM</b>: the interquartile mean, the "
+        "mean of the middle 50% of all seed × task scores, less moved by one bad seed than the mean and less "
+        "noisy than the median. <b>P(FSRF better "
+        "than variant)</b>: the probability that a random seed of FSRF scores better than a random seed of the "
+        "variant on a condition (ties count half), averaged over the conditions "
+        + esc(", ".join(tables.condition_label(c) for c in tasks))
+        + "; 0.5 means neither is better, 1 that FSRF wins every pair; its interval resamples both variants' "
+        "seeds the same way. Welch's test in Table I asks whether the means differ; these say how large and how "
+        f"certain the difference is. The bootstrap seed is fixed ({tables.BOOTSTRAP_SEED}), so the numbers are "
+        f"reproducible; full precision in <code>{esc(name)}.csv</code>.</p>")
+    if said:
+        text += "<p>P(FSRF better): " + "; ".join(said) + ".</p>"
+    rep.section("uncertainty", title, text, frame_html(shown, table_id=f"table-{name}"))
+
+
 def curves_section(rep: Report, main: pl.DataFrame, metric: str, complete: str, *,
-                   references: dict[str, float] | None = None) -> pl.DataFrame | None:
+                   references: dict[str, float] | None = None,
+                   max_rates: dict[str, float] | None = None) -> pl.DataFrame | None:
     try:
         cv = robustness.curves(main, metric)
         summary = robustness.robustness_summary(main, metric)
@@ -233,7 +279,9 @@ def curves_section(rep: Report, main: pl.DataFrame, metric: str, complete: str, 
                    "(solid) or its id replaced by [UNK] before a live encoder (dashed); band: ±1 std over seeds")
     if references:
         caption += "; short black/brown marks at p = 0: " + tables.PAPER_CAVEAT
-    fig = rep.figure(figures.curves_figure(cv, metric=metric, unk=unk, references=references), "curves", caption)
+    caption += "; " + max_rate_caption(max_rates)
+    fig = rep.figure(figures.curves_figure(cv, metric=metric, unk=unk, references=references, max_rates=max_rates),
+                     "curves", caption)
     has_base = summary["effective"].null_count() < summary.height
     lines = []
     for r in summary.iter_rows(named=True):
@@ -265,12 +313,96 @@ def curves_section(rep: Report, main: pl.DataFrame, metric: str, complete: str, 
                  "encoder's mean-pooled word states (no network is trained), scored under the same conditions and "
                  "masks, a dropped word's state counted as zero. A model that does not beat it adds nothing to a "
                  "linear read-out of what the encoder already gives.</p>")
+    if max_rates:
+        text += f"<p>{MAX_RATE_TEXT}</p>"
     parts = [fig, text]
     if unk is not None:
         parts.append(two_ways_text(summary, unk_summary, metric))
     parts.append(frame_html(show, table_id="robustness-summary"))
     rep.section("curves", "Robustness curves (Fig. 2) and robustness figures", *parts)
     return summary
+
+
+def max_rate_caption(max_rates: dict | None) -> str:
+    """What the vertical dashed line of a curve figure is, or why it is missing."""
+    if max_rates is None:
+        return ("max training rate not marked: it is read from the runs' params in MLflow "
+                "(pass --robustness-run)")
+    if not max_rates:
+        return "max training rate not marked: the runs' params do not give their missing-rate schedule"
+    return ("dashed vertical line: max training rate, the largest missing rate of the variant's training "
+            "schedule (missing.schedule, p0, p1)")
+
+
+MAX_RATE_TEXT = (
+    "The dashed vertical line marks the <b>max training rate</b>, the largest missing rate r that the "
+    "variant's MRM schedule reaches (MuteBench: robustness holds only up to the highest rate a model was "
+    "trained with). In MRM, r is both the probability that a modality is absent and the probability that "
+    "a present modality loses frames, then a U(0, 1) fraction of them; so the line is the schedule's "
+    "ceiling on the same 0..1 scale, not a bound on the fractions seen in training.")
+
+
+def modality_section(rep: Report, main: pl.DataFrame, metric: str, *, text_only: bool,
+                     max_rates: dict[str, dict[str, float]] | None) -> None:
+    """Per-modality missingness: one modality loses frames at ratio p while the others stay complete."""
+    title = "Per-modality missingness: which modality's loss hurts most"
+    if text_only:
+        rep.omitted("modality", title, "not applicable to text-only data: language is the only modality, and "
+                                       "its curve is the word-drop curve above")
+        return
+    cv = robustness.modality_curves(main, metric)
+    if cv.height == 0:
+        rep.omitted("modality", title, f"no run has the per-modality conditions (test/{metric}/intra_<m>_<p>; "
+                                       "runs evaluated before they were added to the protocol lack them)")
+        return
+    summary = robustness.modality_summary(main, metric)
+    rep.csv(cv, f"modality_curves_{metric}")
+    rep.csv(summary, f"modality_robustness_{metric}")
+    fig = rep.figure(figures.modality_curves_figure(cv, metric=metric, max_rates=max_rates), "modality_curves",
+                     f"{metric} when only one modality loses frames at ratio p, the other two complete; one panel "
+                     f"per variant, band ±1 std over seeds; {max_rate_caption(max_rates)}")
+    names = robustness.MODALITY_NAMES
+    hardest = robustness.hardest_modality(summary)
+    said = []
+    for variant, m in hardest.items():
+        auc = {r["modality"]: r["auc"] for r in summary.filter(pl.col("variant") == variant).iter_rows(named=True)}
+        others = ", ".join(f"{names[o]} {num(a)}" for o, a in auc.items() if o != m)
+        said.append(f"{esc(tables.variant_name(variant))}: losing <b>{names[m]}</b> hurts most (AUC {num(auc[m])}; "
+                    f"{others})")
+    table = (summary.pivot(on="modality", index="variant", values="auc")
+             .rename({m: f"auc_{names[m]}" for m in names if m in summary["modality"].to_list()})
+             .with_columns(hardest=pl.col("variant").replace_strict({v: names[m] for v, m in hardest.items()})))
+    text = (
+        f"<p>Each curve is the test <code>{esc(metric)}</code> when a single modality loses each valid frame "
+        "(token for language) with probability p and the other two stay complete (conditions "
+        "<code>intra_l_p</code>, <code>intra_a_p</code>, <code>intra_v_p</code>; p = 0 is the complete input), "
+        "mean over seeds with a ±1 std band. MissBench's point: a model robust under one rate shared by all "
+        "modalities can still depend unevenly on them. The modality whose curve has the lowest area (AUC, "
+        "trapezoid over p = 0..1 as above) is the one whose loss hurts most. The dashed lines mark the max "
+        "training rate as above, times <code>missing.modality_scale</code> of the modality when it was set.</p>"
+        "<p>" + "; ".join(said) + ".</p>")
+    parts = [fig, text, frame_html(table, table_id="modality-auc"),
+             f"<p>Per seed spread and effective robustness per modality: <code>modality_robustness_"
+             f"{esc(metric)}.csv</code>.</p>"]
+    rates = [c.split("/")[2] for c in main.columns if c.startswith(f"test/{metric}/rates_")]
+    if rates:
+        rows = []
+        for variant in load.ordered_variants(main["variant"].to_list()):
+            x = main.filter(pl.col("variant") == variant)
+            row = {"variant": variant}
+            for c in rates:
+                v = x[f"test/{metric}/{c}"].drop_nulls().drop_nans()
+                row[c] = (f"{pct(v.mean(), metric)} ± {pct(v.std(), metric)}" if v.len() > 1
+                          else pct(v.mean(), metric) if v.len() else "")
+            rows.append(row)
+        rate_table = pl.DataFrame(rows, schema={"variant": pl.String, **{c: pl.String for c in rates}})
+        rep.csv(rate_table, f"modality_rates_{metric}")
+        parts.append("<h3>Each modality its own rate</h3><p>Every modality loses frames at once, each at its own "
+                     "rate (<code>rates_l&lt;r&gt;_a&lt;r&gt;_v&lt;r&gt;</code>, from "
+                     "<code>eval.modality_rates</code>; each modality's mask is that of its own per-modality "
+                     "point): mean ± std over seeds.</p>"
+                     + frame_html(rate_table, table_id="modality-rates"))
+    rep.section("modality", title, *parts)
 
 
 def two_ways_text(zeroed: pl.DataFrame, unk: pl.DataFrame, metric: str) -> str:
@@ -543,7 +675,8 @@ def render(title: str, intro: str, rep: Report, versions: dict[str, str]) -> str
     figs = sorted({f.rsplit(".", 1)[0] for f in rep.files if f.endswith(".png")})
     csvs = sorted(f for f in rep.files if f.endswith(".csv"))
     files = (f"<p><code>figures/</code>: {esc(', '.join(figs))} (each as .png and .svg). <code>tables/</code>: "
-             f"{esc(', '.join(csvs))} (full precision; Table I and II also as .md and .tex). "
+             f"{esc(', '.join(csvs))} (full precision; Table I, II and the uncertainty table also as .md "
+             "and .tex). "
              f"{esc(', '.join(f for f in rep.files if f.endswith('.json')))}.</p>")
     body = "\n".join(f'<section id="{ident}"><h2>{esc(title)}</h2>\n{inner}</section>'
                      for ident, title, inner in rep.sections)
@@ -577,9 +710,18 @@ def write_report(inputs: Inputs, folder: Path, *, metric: str = HEADLINE, extra_
                   and metric == HEADLINE else None)
 
     facts = table1_section(rep, main, metric)
+    uncertainty_section(rep, main, metric)
     for extra in extra_metrics:
         table1_section(rep, main, extra, ident=f"table1-{extra}", headline=False)
-    summary = curves_section(rep, main, metric, complete, references=references)
+    max_rates = modality_max_rates = None  # None: no run params (parquet input)
+    if config is not None:
+        max_rates = robustness.max_training_rates(config.variant_params)
+        modality_max_rates = {}
+        for m in robustness.MODALITY_NAMES:
+            for v, r in robustness.max_training_rates(config.variant_params, modality=m).items():
+                modality_max_rates.setdefault(v, {})[m] = r
+    summary = curves_section(rep, main, metric, complete, references=references, max_rates=max_rates)
+    modality_section(rep, main, metric, text_only=text_only, max_rates=modality_max_rates)
     if references:
         references_section(rep, facts.get("t1"), metric, dataset, references)
     table2_section(rep, main, metric)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer, field_validator, model_validator
 
 from fsrf.errors import InputError
 
@@ -86,6 +86,14 @@ class LossConfig(_Section):
     js_temperature: float = Field(1.0, gt=0, le=100)  # T_js of the polarity distribution softmax([-s, s]/T)
 
 
+class ModalityScale(_Section):
+    """Per-modality multipliers of the schedule's intra-drop rate (``fsrf.missing.mrm_views``)."""
+
+    l: float = Field(1.0, ge=0)  # noqa: E741  (the modality's name)
+    a: float = Field(1.0, ge=0)
+    v: float = Field(1.0, ge=0)
+
+
 class MissingConfig(_Section):
     """MRM at training time (SPEC section 2): the missing-rate schedule and the view overlap."""
 
@@ -94,6 +102,20 @@ class MissingConfig(_Section):
     p1: float = Field(0.5, ge=0, le=1)  # rate at the last epoch (linear, cosine) or after `at` (step)
     at: float = Field(0.5, ge=0, le=1)  # step: fraction of training where the rate switches to p1
     overlap: float | None = Field(None, ge=0, le=1)  # P(both views drop the same modalities); None: independent
+    # Modality m's frames are dropped with probability rate * scale_m instead of rate (presence is not
+    # scaled); all 1.0 is the plain MRM. rate * scale_m must stay in [0, 1] at the schedule's largest rate.
+    modality_scale: ModalityScale = ModalityScale()
+
+    @model_validator(mode="after")
+    def _scaled_rates_are_rates(self) -> "MissingConfig":
+        top = self.p0 if self.schedule == "constant" else max(self.p0, self.p1)  # the largest scheduled rate
+        for m in ("l", "a", "v"):
+            scale = getattr(self.modality_scale, m)
+            if top * scale > 1.0:
+                raise ValueError(f"missing.modality_scale.{m} = {scale} takes the intra-drop rate above 1 at the "
+                                 f"schedule's largest rate {top} ({top} * {scale} = {top * scale:g}); at most "
+                                 f"{1.0 / top:g} here")
+        return self
 
 
 class TrainConfig(_Section):
@@ -120,6 +142,30 @@ class EvalConfig(_Section):
     # Text-only data: also evaluate the word-drop curve the field's way, each dropped token's id
     # replaced by [UNK] before a live encoder (conditions unk_0.1 .. unk_1.0), beside zeroed states.
     unk_curve: bool = False
+    # Test protocol, two or more modalities: one condition per (l, a, v) triple, each modality dropped
+    # at its own rate (rates_l0.9_a0.3_v0.3, ...); rates in 0, 0.1, .., 1.0 (they reuse the masks of the
+    # per-modality curves). Default: each modality in turn mostly lost, the other two lightly damaged.
+    modality_rates: tuple[tuple[float, float, float], ...] = ((0.9, 0.3, 0.3), (0.3, 0.9, 0.3), (0.3, 0.3, 0.9))
+
+    @field_validator("modality_rates")
+    @classmethod
+    def _rates_on_the_grid(cls, value: tuple) -> tuple:
+        seen = set()
+        for i, triple in enumerate(value):
+            for m, r in zip("lav", triple):
+                if not 0.0 <= r <= 1.0 or abs(10 * r - round(10 * r)) > 1e-9:
+                    raise ValueError(f"entry {i}: the rate of {m} must be one of 0, 0.1, .., 1.0 "
+                                     f"(it reuses the masks of intra_{m}_<p>), got {r}")
+            grid = tuple(round(r, 1) + 0.0 for r in triple)
+            if grid in seen:
+                raise ValueError(f"entry {i}: {list(grid)} is listed twice")
+            seen.add(grid)
+        return tuple(tuple(round(r, 1) + 0.0 for r in triple) for triple in value)
+
+    @field_serializer("modality_rates")
+    def _as_lists(self, value: tuple) -> list[list[float]]:
+        # Lists, so that the flattened param reads back as YAML ("[[0.9, 0.3, 0.3], ...]"), not "((...))".
+        return [list(triple) for triple in value]
 
 
 class RunConfig(_Section):

@@ -17,6 +17,7 @@ vectorised over the batch, so a seed reproduces a mask exactly.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -32,6 +33,9 @@ MISSING_CONDITIONS = TABLE_CONDITIONS[:-1]  # the six whose mean is `avg_missing
 # round() so that 0.3 is the decimal 0.3 (not 0.30000000000000004) and names read "intra_0.3".
 INTRA_POINTS = tuple(round(0.1 * k, 1) for k in range(1, 11))  # Fig. 2's curve
 BURST_POINTS = (0.2, 0.4, 0.6, 0.8, 1.0)  # extension, not in the paper
+# The rates a ``rates_`` condition may give a modality: 0 (kept complete) or one of the intra points,
+# whose masks it reuses (``condition_view``).
+RATE_GRID = (0.0, *INTRA_POINTS)
 
 # The 7 non-empty modality sets, in TABLE_CONDITIONS order; presence is sampled as an index into it.
 _SUBSETS = torch.tensor([[m in name for m in MODALITIES] for name in TABLE_CONDITIONS])  # (7, 3) bool
@@ -171,7 +175,8 @@ def sample_presence(
 
 
 def mrm_views(
-    valid: Sequence[Tensor], *, rate: float, overlap: float | None = None, generator: torch.Generator
+    valid: Sequence[Tensor], *, rate: float, overlap: float | None = None,
+    modality_scale: Sequence[float] = (1.0, 1.0, 1.0), generator: torch.Generator
 ) -> tuple[View, View]:
     """The Modality Random Missing (MRM) strategy: two randomly incomplete views of one training batch.
 
@@ -186,16 +191,26 @@ def mrm_views(
     "At least one modality survives" is about presence: a surviving modality may still lose most (with
     a short sequence, rarely all) of its frames, as it does at the test points p near 1.
     Absent modalities get no drops (they are zeroed whole through ``View.zeroed``).
+
+    ``modality_scale`` (l, a, v) multiplies ``rate`` in the intra draw of each modality: modality m is
+    given a drop ratio with probability rate * scale_m (scale 0: its positions are never dropped, though
+    it may still be absent as a whole); presence is not scaled. All 1 is the plain MRM, draw for draw.
     """
     if len(valid) != 3:
         raise ValueError(f"valid must hold 3 masks (l, a, v), got {len(valid)}")
+    if len(modality_scale) != 3:
+        raise ValueError(f"modality_scale must hold 3 numbers (l, a, v), got {len(modality_scale)}")
+    _check_rate("rate", rate)
+    intra_rate = [rate * float(s) for s in modality_scale]  # rate * 1.0 is rate exactly
+    for m, r in zip(MODALITIES, intra_rate):
+        _check_rate(f"rate * modality_scale[{m}]", r)
     batch = valid[0].shape[0]
     present_p, present_q = sample_presence(batch, rate=rate, overlap=overlap, generator=generator)
     views = []
     for present in (present_p, present_q):
         drops = []
         for m, mask in enumerate(valid):
-            hit = torch.rand(batch, generator=generator, dtype=torch.float64) < rate  # (B,)
+            hit = torch.rand(batch, generator=generator, dtype=torch.float64) < intra_rate[m]  # (B,)
             u = torch.rand(batch, generator=generator, dtype=torch.float64)  # (B,)
             ratio = torch.where(hit & present[:, m], u, torch.zeros_like(u))  # (B,)
             drops.append(intra_drop(mask, ratio, generator=generator))  # (B, T_m)
@@ -245,6 +260,13 @@ class Schedule:
             return self.p0 + (self.p1 - self.p0) * (1.0 - math.cos(math.pi * t)) / 2.0
         return self.p0 if epoch < self.at * num_epochs else self.p1
 
+    def max_rate(self, num_epochs: int) -> float:
+        """The largest rate of a run of ``num_epochs`` epochs (the report marks it on every curve:
+        robustness measured beyond the highest training rate is extrapolation)."""
+        if num_epochs < 1:
+            raise ValueError(f"num_epochs must be >= 1, got {num_epochs}")
+        return max(self.rate(epoch, num_epochs) for epoch in range(num_epochs))
+
 
 def intra_name(p: float) -> str:
     """Condition name of an intra-curve point, e.g. ``intra_0.3``."""
@@ -256,29 +278,89 @@ def burst_name(p: float) -> str:
     return f"burst_{p}"
 
 
+def modality_name(m: str, p: float) -> str:
+    """Condition name of a per-modality point, e.g. ``intra_a_0.3``: only audio loses positions, at ratio p."""
+    return f"intra_{m}_{p}"
+
+
+def _grid_rate(value: float, name: str) -> float:
+    """A rate of a ``rates_`` condition, checked to lie on ``RATE_GRID`` and returned as its grid value."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0 \
+            or abs(10 * value - round(10 * value)) > 1e-9:
+        raise ValueError(f"{name} must be one of {', '.join(map(str, RATE_GRID))} (each modality reuses the "
+                         f"masks of its intra_<m>_<p> points), got {value!r}")
+    return RATE_GRID[round(10 * value)]
+
+
+def rates_name(rates: Sequence[float]) -> str:
+    """Condition name of "each modality its own rate", e.g. ``rates_l0.3_a0.1_v0.5`` for (0.3, 0.1, 0.5)."""
+    if len(rates) != 3:
+        raise ValueError(f"rates must hold 3 numbers (l, a, v), got {tuple(rates)}")
+    return "rates_" + "_".join(f"{m}{_grid_rate(r, f'rate of {m}')}" for m, r in zip(MODALITIES, rates))
+
+
+_RATES = re.compile(r"rates_l([0-9.]+)_a([0-9.]+)_v([0-9.]+)")
+
+
+def _parse_rates(name: str) -> tuple[float, float, float] | None:
+    """The (l, a, v) rates of a ``rates_`` condition name; None if ``name`` is not one."""
+    found = _RATES.fullmatch(name)
+    if found is None:
+        return None
+    try:
+        rates = tuple(_grid_rate(float(x), "rate") for x in found.groups())
+    except ValueError:
+        return None
+    return rates if rates_name(rates) == name else None  # one spelling per condition: "0.3", not "0.30"
+
+
+def _check_modalities(modalities: Sequence[str]) -> None:
+    unknown = [m for m in modalities if m not in MODALITIES]
+    if unknown or not modalities:
+        raise ValueError(f"modalities must be a non-empty subset of {MODALITIES}, got {tuple(modalities)}")
+
+
 def all_conditions(modalities: Sequence[str] = MODALITIES) -> list[str]:
     """The ordered test conditions that make sense for a dataset carrying ``modalities``.
 
     Table conditions whose modalities the dataset has (all 7 with (l, a, v); only ``l`` with text
     alone), then the ten intra points, then the burst points; intra and burst act on every modality the
-    dataset has.
+    dataset has. The per-modality extension is listed by ``modality_conditions``.
     """
-    unknown = [m for m in modalities if m not in MODALITIES]
-    if unknown or not modalities:
-        raise ValueError(f"modalities must be a non-empty subset of {MODALITIES}, got {tuple(modalities)}")
+    _check_modalities(modalities)
     table = [name for name in TABLE_CONDITIONS if set(name) <= set(modalities)]
     return table + [intra_name(p) for p in INTRA_POINTS] + [burst_name(p) for p in BURST_POINTS]
+
+
+def modality_conditions(modalities: Sequence[str] = MODALITIES,
+                        rates: Sequence[Sequence[float]] = ()) -> list[str]:
+    """The per-modality test conditions (extension, not in the paper) for data carrying ``modalities``.
+
+    For each modality m the data has, ``intra_<m>_<p>`` for p = 0.1 .. 1.0: m's valid positions are
+    dropped at ratio p and the other modalities stay complete (which modality's loss hurts most); then
+    one ``rates_l<r>_a<r>_v<r>`` per (l, a, v) triple of ``rates``: every modality dropped at its own
+    rate at once. Empty for single-modality data, whose only curve is already ``intra_p``.
+    """
+    _check_modalities(modalities)
+    if len(modalities) < 2:
+        return []
+    curves = [modality_name(m, p) for m in MODALITIES if m in modalities for p in INTRA_POINTS]
+    return curves + [rates_name(r) for r in rates]
 
 
 def _condition_index(name: str) -> int:
     """A stable number in [0, 1000) for a condition, from its name's structure (not from a list's order).
 
-    Table conditions 0..6, ``intra_p`` 100 + 10p, ``burst_p`` 200 + 10p: adding or reordering conditions
-    never changes the masks of existing ones.
+    Table conditions 0..6, ``intra_p`` 100 + 10p, ``burst_p`` 200 + 10p, ``intra_<m>_p`` 300 + 100k + 10p
+    for the k-th modality of (l, a, v): adding or reordering conditions never changes the masks of
+    existing ones. ``rates_`` conditions have none: they reuse the masks of their ``intra_<m>_p`` parts.
     """
     if name in TABLE_CONDITIONS:
         return TABLE_CONDITIONS.index(name)
-    kind, p = name.split("_")
+    parts = name.split("_")
+    if len(parts) == 3 and parts[0] == "intra" and parts[1] in MODALITIES:
+        return 300 + 100 * MODALITIES.index(parts[1]) + round(10 * float(parts[2]))
+    kind, p = parts
     return {"intra": 100, "burst": 200}[kind] + round(10 * float(p))
 
 
@@ -292,9 +374,19 @@ def _condition_generator(seed: int, name: str) -> torch.Generator:
     every model and every call. The seed must fit in 32 bits, as mt19937 silently drops the rest (two
     seeds 2**32 apart give the same stream), so distinct (seed, name) pairs stay distinct.
     """
+    _check_seed(seed)
+    return torch.Generator().manual_seed(seed * 1000 + _condition_index(name))
+
+
+def _check_seed(seed: int) -> None:
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < _MAX_SEED:
         raise ValueError(f"seed must be an int in [0, {_MAX_SEED}), got {seed!r}")
-    return torch.Generator().manual_seed(seed * 1000 + _condition_index(name))
+
+
+def _one_modality_drop(m: int, mask: Tensor, p: float, *, seed: int) -> Tensor:
+    """The (N, T_m) drop mask of modality ``m`` in ``intra_<m>_<p>``, shared by every ``rates_`` condition
+    that gives m the rate p, so that a rates condition differs from it only in the other modalities."""
+    return intra_drop(mask, p, generator=_condition_generator(seed, modality_name(MODALITIES[m], p)))
 
 
 def condition_view(
@@ -305,31 +397,46 @@ def condition_view(
     ``valid`` holds the three (N, T_m) masks in (l, a, v) order (an (N, 0) mask for a modality the
     dataset lacks). Table conditions (``la``, ...) make the named modalities present and the others
     absent, with no drops; ``intra_p`` drops each valid position of every available modality w.p. p;
-    ``burst_p`` drops one burst per available modality (``burst_drop``). Modalities not in
-    ``available`` are always absent. The masks depend on (seed, name) only, so two models evaluated
+    ``burst_p`` drops one burst per available modality (``burst_drop``); ``intra_<m>_<p>`` drops valid
+    positions of modality m only, w.p. p; ``rates_l<r>_a<r>_v<r>`` drops each available modality at its
+    own rate, with the masks of the matching ``intra_<m>_<r>`` (``modality_conditions``). Modalities not
+    in ``available`` are always absent. The masks depend on (seed, name) only, so two models evaluated
     with the same seed see identical masks; take a batch's rows with ``slice_view``.
     """
-    names = all_conditions(available)
-    if name not in names:
+    names = all_conditions(available) + modality_conditions(available)
+    rates = _parse_rates(name) if len(available) > 1 else None
+    if name not in names and rates is None:
+        rates_hint = (" and rates_l<r>_a<r>_v<r> with r in " + ", ".join(map(str, RATE_GRID))
+                      if len(available) > 1 else "")
         raise ValueError(f"unknown test condition {name!r} for modalities {tuple(available)}; "
-                         f"valid: {', '.join(names)}")
+                         f"valid: {', '.join(names)}{rates_hint}")
     if len(valid) != 3:
         raise ValueError(f"valid must hold 3 masks (l, a, v), got {len(valid)}")
+    _check_seed(seed)
     n = valid[0].shape[0]
-    generator = _condition_generator(seed, name)
     has = torch.tensor([m in available for m in MODALITIES])  # (3,)
+    none = tuple(torch.zeros_like(mask, dtype=torch.bool) for mask in valid)
+    parts = name.split("_")
     if name in TABLE_CONDITIONS:
         present = torch.tensor([m in name for m in MODALITIES]) & has
-        drops = tuple(torch.zeros_like(mask, dtype=torch.bool) for mask in valid)
+        drops = none
+    elif rates is not None:
+        present = has
+        drops = tuple(_one_modality_drop(m, mask, r, seed=seed) if has[m] and r > 0 else none[m]
+                      for m, (mask, r) in enumerate(zip(valid, rates)))
+    elif len(parts) == 3:  # intra_<m>_<p>
+        k = MODALITIES.index(parts[1])
+        present = has
+        drops = tuple(_one_modality_drop(m, mask, float(parts[2]), seed=seed) if m == k else none[m]
+                      for m, mask in enumerate(valid))
     else:
-        kind, p = name.split("_")
+        kind, p = parts
         dropper = intra_drop if kind == "intra" else burst_drop
+        generator = _condition_generator(seed, name)
         present = has
         # A lacking modality is absent anyway; skipping it keeps an available one's mask independent of it.
-        drops = tuple(
-            dropper(mask, float(p), generator=generator) if has[m] else torch.zeros_like(mask, dtype=torch.bool)
-            for m, mask in enumerate(valid)
-        )
+        drops = tuple(dropper(mask, float(p), generator=generator) if has[m] else none[m]
+                      for m, mask in enumerate(valid))
     return View(present=present.expand(n, 3).clone().to(valid[0].device), drop=drops)
 
 

@@ -151,14 +151,16 @@ class FSRF(nn.Module):
 
     def encode(self, x: Inputs, present: Tensor, zeroed: tuple[Tensor, Tensor, Tensor]) -> Tensor:
         """H (B, M, D): each modality encoded on its own, so H_m depends only on modality m's input."""
-        feats = []
-        for m in self.modalities:
-            i = MODALITIES.index(m)
-            if m == "l":
-                feats.append(self.encoders[m](x.text, x.text_valid, zeroed[i], present[:, i]))
-            else:
-                feats.append(self.encoders[m](getattr(x, _SEQ[m]), getattr(x, _SEQ[m] + "_valid"), zeroed[i]))
+        feats = [self.encode_modality(x, m, present[:, MODALITIES.index(m)], zeroed[MODALITIES.index(m)])
+                 for m in self.modalities]
         return torch.stack(feats, 1)  # (B, M, D)
+
+    def encode_modality(self, x: Inputs, m: str, present: Tensor, zeroed: Tensor) -> Tensor:
+        """H_m (B, D) of modality ``m`` alone; ``present`` (B,) and ``zeroed`` (B, T_m) bool are m's parts
+        of a ``missing.View`` (the test protocol re-encodes only the modalities a condition changes)."""
+        if m == "l":
+            return self.encoders[m](x.text, x.text_valid, zeroed, present)
+        return self.encoders[m](getattr(x, _SEQ[m]), getattr(x, _SEQ[m] + "_valid"), zeroed)
 
     def factorize(self, h: Tensor) -> Output:
         """DHF, fusion and head on H (B, M, D)."""

@@ -5,7 +5,8 @@ the metrics; a caller that wants per-epoch reports or checkpoints passes ``repor
 
 Checkpoint selection (one rule for every run): the epoch with the best validation objective, the mean
 ``Non0_F1_score`` over the seven Table I conditions and the ten intra-curve points (text-only data:
-``l`` and the ten token-drop points). Test metrics are computed once, for that epoch only.
+``l`` and the ten token-drop points). Test metrics are computed once, for that epoch only, and add the
+per-modality conditions (``intra_<m>_<p>``, ``rates_...``) that the objective never reads.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import copy
 import sys
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -26,7 +28,7 @@ from fsrf.config import RunConfig, flatten
 from fsrf.data import SPLITS, Split, fingerprint, load_dataset
 from fsrf.metrics import sentiment_metrics
 from fsrf.missing import (INTRA_POINTS, MISSING_CONDITIONS, TABLE_CONDITIONS, Schedule, all_conditions,
-                          condition_view, mrm_views)
+                          condition_view, modality_conditions, modality_name, mrm_views, slice_view)
 from fsrf.model import FSRF, Inputs
 
 HEADLINE = "Non0_F1_score"
@@ -129,7 +131,9 @@ def train_losses(cfg: RunConfig, model: torch.nn.Module, x: Inputs, y: torch.Ten
                  generator: torch.Generator) -> dict[str, torch.Tensor]:
     """Losses of one MRM step: two views of the batch through the network in one pass."""
     valid = x.valid()
-    vp, vq = mrm_views(valid, rate=rate, overlap=cfg.missing.overlap, generator=generator)
+    scale = cfg.missing.modality_scale
+    vp, vq = mrm_views(valid, rate=rate, overlap=cfg.missing.overlap, modality_scale=(scale.l, scale.a, scale.v),
+                       generator=generator)
     present = torch.cat([vp.present, vq.present])  # (2B, 3)
     zeroed = tuple(torch.cat(pair) for pair in zip(_zeroed(vp, valid), _zeroed(vq, valid)))
     out = model(x.repeat(2), present, zeroed)
@@ -187,48 +191,68 @@ def representations(model: FSRF, data: SplitTensors, *, modalities: tuple[str, .
 
 
 @torch.no_grad()
-def _table_scores(model: FSRF, data: SplitTensors, conditions: list[str], *, batch_size: int) -> dict[str, torch.Tensor]:
-    """Scores under the Table I conditions from two encoder passes instead of one per condition.
+def _scores(model: FSRF, data: SplitTensors, conditions: list[str], *, modalities: tuple[str, ...], mask_seed: int,
+            batch_size: int) -> dict[str, torch.Tensor]:
+    """Scores (N,) under each condition, every modality encoded only where the condition changes it.
 
-    Each modality is encoded on its own (``FSRF.encode``), so under a condition that keeps modality m
-    complete H_m equals H_m of the complete input, and under one that drops it, H_m of the absent
-    input: the seven conditions only recombine these before the (cheap) factorization and head.
+    Each modality is encoded on its own (``FSRF.encode_modality``), so under a condition that keeps
+    modality m complete H_m equals H_m of the complete input, and under one that removes m whole, H_m of
+    the absent input; both are computed once for the split. Only a modality that loses some positions
+    is encoded under the condition itself. The seven Table I conditions thus cost two encoder passes in
+    all, and a per-modality point ``intra_a_p`` one audio pass; the (cheap) factorization and head run
+    per condition. Batches are the same for every condition, so a score equals that of ``predict``.
     """
     model.eval()
     valid = data.inputs.valid()
     n = len(data)
-    full = torch.ones(n, len(MODALITIES), dtype=torch.bool)
-    none_dropped = tuple(torch.zeros_like(v) for v in valid)
-    absent = tuple(v.clone() for v in valid)  # an absent modality: every valid position zeroed
-    scores: dict[str, list] = {c: [] for c in conditions}
-    for i in range(0, n, batch_size):
-        idx = torch.arange(i, min(i + batch_size, n))
-        x = data.batch(idx)
-        h_in = model.encode(x, full[idx], tuple(z[idx] for z in none_dropped))  # (b, M, D)
-        h_out = model.encode(x, ~full[idx], tuple(z[idx] for z in absent))  # (b, M, D)
-        for cond in conditions:
-            keep = torch.tensor([m in cond for m in model.modalities])  # (M,)
-            h = torch.where(keep[None, :, None], h_in, h_out)
-            scores[cond].append(model.factorize(h).score)
-    return {c: torch.cat(v) for c, v in scores.items()}
+    batches = [torch.arange(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
+    whole: dict[bool, torch.Tensor] = {}  # present -> H (N, M, D) with every modality complete / absent
+
+    def reused(present: bool) -> torch.Tensor:
+        if present not in whole:
+            flags = torch.full((n, len(MODALITIES)), present)
+            zeroed = tuple(torch.zeros_like(v) if present else v for v in valid)  # absent: every valid position
+            whole[present] = torch.cat([model.encode(data.batch(idx), flags[idx], tuple(z[idx] for z in zeroed))
+                                        for idx in batches])
+        return whole[present]
+
+    out = {}
+    for cond in conditions:
+        view = condition_view(cond, valid, seed=mask_seed, available=modalities)
+        how = []  # per model modality: True (complete), False (absent) or None (encode under the view)
+        for m in model.modalities:
+            i = MODALITIES.index(m)
+            present = view.present[:, i]
+            how.append(False if not present.any() else True if present.all() and not view.drop[i].any() else None)
+        scores = []
+        for idx in batches:
+            x = data.batch(idx) if None in how else None
+            part = slice_view(view, idx)
+            h = []
+            for k, m in enumerate(model.modalities):
+                i = MODALITIES.index(m)
+                h.append(reused(how[k])[idx, k] if how[k] is not None else
+                         model.encode_modality(x, m, part.present[:, i], part.zeroed(i, valid[i][idx])))
+            scores.append(model.factorize(torch.stack(h, 1)).score)  # (b, M, D) -> (b,)
+        out[cond] = torch.cat(scores)
+    return out
 
 
 def evaluate(model: FSRF, data: SplitTensors, *, modalities: tuple[str, ...], mask_seed: int,
-             batch_size: int, prefix: str, burst: bool = True) -> dict[str, float]:
+             batch_size: int, prefix: str, burst: bool = True, per_modality: bool = False,
+             modality_rates: Sequence[Sequence[float]] = ()) -> dict[str, float]:
     """Every metric under every condition of the protocol, as flat ``<prefix>/<metric>/<condition>``.
 
     ``burst=False`` leaves out the burst curve (per-epoch validation: it is not part of the objective).
+    ``per_modality=True`` adds the per-modality extension (``fsrf.missing.modality_conditions``): the
+    curves ``intra_<m>_<p>`` and one ``rates_...`` condition per (l, a, v) triple of ``modality_rates``;
+    the test protocol and the selected epoch's validation use it, the objective does not.
     """
-    valid = data.inputs.valid()
     conditions = [c for c in all_conditions(modalities) if burst or not c.startswith("burst_")]
-    table = [c for c in conditions if c in TABLE_CONDITIONS]
-    preds = _table_scores(model, data, table, batch_size=batch_size) if table else {}
-    per_cond = {}
-    for cond in conditions:
-        if cond not in preds:
-            view = condition_view(cond, valid, seed=mask_seed, available=modalities)
-            preds[cond] = predict(model, data, view, batch_size=batch_size)
-        per_cond[cond] = sentiment_metrics(preds[cond].numpy(), data.labels.numpy())
+    if per_modality:
+        conditions += modality_conditions(modalities, modality_rates)
+    preds = _scores(model, data, conditions, modalities=modalities, mask_seed=mask_seed, batch_size=batch_size)
+    per_cond = {c: sentiment_metrics(preds[c].numpy(), data.labels.numpy()) for c in conditions}
     return summarise(per_cond, prefix=prefix, modalities=modalities)
 
 
@@ -277,6 +301,10 @@ def summarise(per_cond: dict[str, dict[str, float]], *, prefix: str, modalities:
     groups = {"intra_avg": [f"intra_{p}" for p in INTRA_POINTS],
               "burst_avg": [c for c in per_cond if c.startswith("burst_")]}
     groups = {k: v for k, v in groups.items() if v}
+    for m in MODALITIES:  # the per-modality curves, when evaluated (not part of the objective)
+        points = [modality_name(m, p) for p in INTRA_POINTS]
+        if all(c in per_cond for c in points):
+            groups[f"intra_{m}_avg"] = points
     if len(modalities) == 3:
         groups["avg_missing"] = list(MISSING_CONDITIONS)
         groups["objective"] = list(TABLE_CONDITIONS) + groups["intra_avg"]
@@ -440,12 +468,15 @@ def fit(cfg: RunConfig, *, prep: Prepared | None = None, report: Report | None =
     test = {}
     if evaluate_test:
         test = evaluate(model, prep.splits["test"], modalities=prep.modalities, mask_seed=cfg.eval.mask_seed,
-                        batch_size=cfg.eval.batch_size, prefix="test")
+                        batch_size=cfg.eval.batch_size, prefix="test", per_modality=True,
+                        modality_rates=cfg.eval.modality_rates)
         if cfg.eval.unk_curve and prep.modalities == ("l",):
             log("evaluating the [UNK] word-drop curve with the live encoder ...")
             test.update(evaluate_unk(model, prep, split="test", mask_seed=cfg.eval.mask_seed,
                                      batch_size=cfg.eval.batch_size, prefix="test"))
-    # The selected epoch's validation metrics, now with the burst curve that per-epoch validation skips.
+    # The selected epoch's validation metrics, now with the burst curve and the per-modality conditions
+    # that per-epoch validation skips.
     val = evaluate(model, valid, modalities=prep.modalities, mask_seed=cfg.eval.mask_seed,
-                   batch_size=cfg.eval.batch_size, prefix="val")
+                   batch_size=cfg.eval.batch_size, prefix="val", per_modality=True,
+                   modality_rates=cfg.eval.modality_rates)
     return RunResult(val, test, best["epoch"], history, time.time() - start, "completed", notes, prep, model)

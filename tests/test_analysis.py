@@ -38,6 +38,19 @@ BASE = {
 OFFSET = {"fsrf": (-0.01, 0.0, 0.01), "no_dhf": (-0.01, 0.0, 0.015), "late_fusion": (-0.02, 0.0, 0.02)}
 SLOPE = {"fsrf": 0.3, "no_dhf": 0.4, "late_fusion": 0.5}  # intra curve: f(p) = lav - slope * p (+ offset)
 OVERLAP_AVG_MISSING = {0.0: (0.70, 0.72), 0.5: (0.74, 0.76), 1.0: (0.71, 0.69)}  # fsrf sweep, seeds 0 and 1
+# Per-modality curves: f(p) = lav - slope_m * p under intra_<m>_<p>, so AUC_m = lav - slope_m / 2 and the
+# modality whose loss hurts most (the steepest) is l for fsrf, a for no_dhf and v for late fusion.
+MODALITY_SLOPE = {"fsrf": {"l": 0.35, "a": 0.10, "v": 0.05}, "no_dhf": {"l": 0.10, "a": 0.30, "v": 0.20},
+                  "late_fusion": {"l": 0.20, "a": 0.10, "v": 0.45}}
+HARDEST = {"fsrf": "l", "no_dhf": "a", "late_fusion": "v"}
+RATES = {"rates_l0.9_a0.3_v0.3": 0.30, "rates_l0.3_a0.9_v0.3": 0.12}  # f = lav - value
+# The runs' missing-rate schedules (MLflow params are strings): FSRF and w/o DHF linear 0.2 -> 0.6 over 10
+# epochs (max 0.6; FSRF drops audio frames at half that rate), late fusion never trained with missing data.
+SCHEDULE = {"fsrf": {"missing.schedule": "linear", "missing.p0": "0.2", "missing.p1": "0.6", "study.epochs": "10",
+                     "missing.modality_scale.a": "0.5"},
+            "no_dhf": {"missing.schedule": "linear", "missing.p0": "0.2", "missing.p1": "0.6", "study.epochs": "10"},
+            "late_fusion": {"missing.schedule": "constant", "missing.p0": "0.0", "missing.p1": "0.0",
+                            "study.epochs": "10"}}
 
 
 def run_values(variant: str, seed: int) -> dict[str, float]:
@@ -50,6 +63,12 @@ def run_values(variant: str, seed: int) -> dict[str, float]:
     v["intra_avg"] = float(np.mean([v[intra_name(p)] for p in INTRA_POINTS]))
     for p in (0.2, 0.4, 0.6, 0.8, 1.0):
         v[f"burst_{p}"] = v["lav"] - 0.2 * p
+    for m, slope in MODALITY_SLOPE[variant].items():
+        for p in INTRA_POINTS:
+            v[f"intra_{m}_{p}"] = v["lav"] - slope * p
+        v[f"intra_{m}_avg"] = v["lav"] - slope * 0.55
+    for c, drop in RATES.items():
+        v[c] = v["lav"] - drop
     out = {f"test/{F1}/{c}": x for c, x in v.items()}
     out[f"test/MAE/lav"] = 0.9 - v["lav"]  # a second metric, lower is better
     return out
@@ -68,7 +87,7 @@ def log_run(client, exp_id: str, parent: str, variant: str, seed: int, overlap, 
     rid = run.info.run_id
     params = {"variant": variant, "seed": str(seed), "missing.overlap": str(overlap), "loss.lambda1": "0.2",
               "train.lr": "0.001", "model.dhf": str(variant != "no_dhf"), "data.preset": "mosi",
-              **(extra_params or {})}
+              **SCHEDULE.get(variant, {}), **(extra_params or {})}
     client.log_batch(rid, metrics=[Metric(k, v, 0, 0) for k, v in metrics.items()]
                      + [Metric(f"val/{F1}/lav", 0.5, 0, 0)],
                      params=[Param(k, v) for k, v in params.items()])
@@ -326,6 +345,82 @@ def test_table2(runs):
     assert len(tables.to_markdown(t2, key="column").strip().splitlines()) == 4
 
 
+# -- uncertainty over seeds -----------------------------------------------------------------------------
+
+def reference_replicates(matrices, statistic, *, reps: int = 20_000, seed: int = 1) -> np.ndarray:
+    """A stratified bootstrap written here from its definition: every column of every (seeds, tasks)
+    matrix redrawn with replacement on its own, then ``statistic`` of the batch of resamples -> (reps,)."""
+    rng = np.random.default_rng(seed)
+    resampled = [np.stack([rng.choice(m[:, t], size=(reps, len(m))) for t in range(m.shape[1])], axis=-1)
+                 for m in matrices]  # each (reps, seeds, tasks)
+    return statistic(*resampled)
+
+
+def assert_percentile_interval(lo: float, hi: float, replicates: np.ndarray, *, reps: int = tables.BOOTSTRAP_REPS):
+    """The table's 95 % bounds against the reference replicates' 2.5 and 97.5 % quantiles. Tolerance: the
+    quantile levels q -+ 4 standard errors of the two empirical CDFs, 4 sqrt(q (1-q) (1/reps + 1/reps_ref))."""
+    for bound, q in ((lo, 0.025), (hi, 0.975)):
+        eps = 4 * np.sqrt(q * (1 - q) * (1 / reps + 1 / len(replicates)))
+        assert np.quantile(replicates, q - eps) - 1e-12 <= bound <= np.quantile(replicates, q + eps) + 1e-12, (bound, q)
+
+
+def test_uncertainty_table_against_hand_computation(runs):
+    u = tables.uncertainty_table(load.main_runs(runs))
+    assert u["variant"].to_list() == list(VARIANTS) and (u["n"] == 3).all()
+    assert u["poi_tasks"].unique().to_list() == ["l,a,v,la,lv,av,lav"]
+    row = {r["variant"]: r for r in u.iter_rows(named=True)}
+    matrix = {v: np.column_stack([known(v, c) for c in MISSING_CONDITIONS]) for v in VARIANTS}  # (3 seeds, 6)
+    for v in VARIANTS:
+        r, x = row[v], matrix[v]
+        # Every seed's offset shifts all six conditions alike: mean = mean of the six BASE values, std = std of
+        # the offsets; the IQM of the 18 scores drops the 4 lowest and 4 highest (floor(18 / 4) = 4).
+        assert r["avg_missing_mean"] == pytest.approx(np.mean([BASE[v][c] for c in MISSING_CONDITIONS])
+                                                      + np.mean(OFFSET[v]), abs=1e-12)
+        assert r["avg_missing_std"] == pytest.approx(np.std(OFFSET[v], ddof=1), abs=1e-12)
+        assert r["avg_missing_iqm"] == pytest.approx(np.sort(x.ravel())[4:14].mean(), abs=1e-12)
+        assert r["lav_mean"] == r["lav_iqm"] == pytest.approx(known(v, "lav").mean(), abs=1e-12)  # 3 values: no cut
+        assert_percentile_interval(r["avg_missing_mean_lo"], r["avg_missing_mean_hi"],
+                                   reference_replicates([x], lambda s: s.mean(axis=(1, 2))))
+        assert_percentile_interval(r["avg_missing_iqm_lo"], r["avg_missing_iqm_hi"],
+                                   reference_replicates([x], lambda s: np.sort(s.reshape(len(s), -1))[:, 4:14].mean(1)))
+        # One task, 3 seeds: each extreme comes back as all three draws with probability 1/27 > 2.5 %.
+        assert (r["lav_mean_lo"], r["lav_mean_hi"]) == pytest.approx((known(v, "lav").min(), known(v, "lav").max()))
+    # P(FSRF better) by counting the 9 seed pairs per condition (ties half), then averaging the 7 conditions:
+    # no_dhf: l v lv av 9/9; a and lav 8/9; la 5.5/9 (0.81 ties 0.81). late fusion: l a v av 9/9, la and lv
+    # 7.5/9, lav 3/9 (0.84 and 0.86 tie).
+    assert row["fsrf"]["poi"] is None
+    assert row["no_dhf"]["poi"] == pytest.approx((4 + 8 / 9 + 8 / 9 + 5.5 / 9) / 7, abs=1e-12)
+    assert row["late_fusion"]["poi"] == pytest.approx(6 / 7, abs=1e-12)
+    seven = {v: np.column_stack([matrix[v], known(v, "lav")]) for v in VARIANTS}
+
+    def poi(a, b):  # (reps, 3, 7) each
+        return ((a[:, :, None] > b[:, None]) + 0.5 * (a[:, :, None] == b[:, None])).mean(axis=(1, 2, 3))
+
+    for v in ("no_dhf", "late_fusion"):
+        replicates = reference_replicates([seven["fsrf"], seven[v]], poi)
+        assert_percentile_interval(row[v]["poi_lo"], row[v]["poi_hi"], replicates)
+
+
+def test_uncertainty_table_renderers_and_edge_cases(runs, text_runs):
+    u = tables.uncertainty_table(load.main_runs(runs))
+    shown = tables.uncertainty_display(u)
+    no_dhf = shown.row(1, named=True)
+    assert no_dhf["Variant"] == "w/o DHF" and no_dhf["{l,a,v} mean ± std"] == "83.17 ± 1.26"
+    assert no_dhf["P(FSRF better than variant) [95% CI]"].startswith("0.91 [")
+    assert shown.row(0, named=True)["P(FSRF better than variant) [95% CI]"] == "-"
+    md = tables.frame_markdown(shown).strip().splitlines()
+    assert len(md) == 2 + len(VARIANTS) and all(line.count("|") == shown.width + 1 for line in md)
+    tex = tables.frame_latex(shown, caption="Uncertainty")
+    assert "\\caption{Uncertainty}" in tex and "95\\% CI" in tex and "$\\pm$" in tex
+    # Text-only data: one score, {l}, and P(FSRF better) over that one condition: 0.79 .. 0.81 beat 0.75 .. 0.77.
+    t = tables.uncertainty_table(text_runs)
+    assert [c for c in t.columns if c.endswith("_mean")] == ["l_mean"] and t["poi_tasks"].to_list() == ["l", "l"]
+    assert t.filter(pl.col("variant") == "ridge")["poi"].to_list() == [1.0]
+    # MAE, lower is better: FSRF's MAE (0.9 - lav) is higher than late fusion's on average, so P < 0.5.
+    mae = tables.uncertainty_table(load.main_runs(runs), "MAE")
+    assert mae.filter(pl.col("variant") == "late_fusion")["poi"][0] == pytest.approx(3 / 9)
+
+
 # -- curves and robustness figures ----------------------------------------------------------------------
 
 def test_curves_start_at_lav(runs):
@@ -502,3 +597,88 @@ def test_study_config_names_the_data(text_study, study):
     assert load.data_param(synthetic, "data.name") is None  # not logged: no references drawn
     assert load.ordered_variants(["ridge", "late_fusion", "mystery", "fsrf"]) == ["fsrf", "mystery", "late_fusion",
                                                                                   "ridge"]
+
+
+# -- per-modality missingness and the max training rate --------------------------------------------------
+
+def test_modality_curves_auc_and_the_modality_whose_loss_hurts_most(runs):
+    main = load.main_runs(runs)
+    assert robustness.modality_kinds(main) == ["intra_l", "intra_a", "intra_v"]
+    cv = robustness.modality_curves(main)
+    assert cv.height == len(VARIANTS) * 3 * 11
+    c = cv.filter((pl.col("variant") == "no_dhf") & (pl.col("modality") == "a")).sort("p")
+    assert c["mean"][0] == pytest.approx(known("no_dhf", "lav").mean(), abs=1e-12)  # f(0): the complete input
+    assert c["mean"][3] == pytest.approx(known("no_dhf", "intra_a_0.3").mean(), abs=1e-12)
+    assert c["std"][3] == pytest.approx(np.std(OFFSET["no_dhf"], ddof=1), abs=1e-12)
+    s = robustness.modality_summary(main)
+    assert s["variant"].unique(maintain_order=True).to_list() == list(VARIANTS)
+    assert s["modality"].to_list()[:3] == ["l", "a", "v"]
+    for r in s.iter_rows(named=True):  # linear curves: the trapezoid is exact, lav - slope / 2
+        lav = known(r["variant"], "lav").mean()
+        assert r["auc"] == pytest.approx(lav - MODALITY_SLOPE[r["variant"]][r["modality"]] / 2, abs=1e-12)
+        # effective robustness against late fusion's curve of the same modality: (slope_b - slope_f) * 5.5
+        expect = (MODALITY_SLOPE["late_fusion"][r["modality"]] - MODALITY_SLOPE[r["variant"]][r["modality"]]) * 5.5
+        assert r["effective"] == pytest.approx(expect, abs=1e-9)
+    assert robustness.hardest_modality(s) == HARDEST
+    # Not simply the first or the last modality: reorder the rows and the answer stays.
+    assert robustness.hardest_modality(s.reverse()) == HARDEST
+    # Runs without the per-modality conditions have none.
+    plain = main.select([c for c in main.columns if "intra_l" not in c])
+    assert robustness.modality_kinds(plain) == ["intra_a", "intra_v"]
+    assert robustness.modality_curves(main.select(["run_id", "variant", "seed", "overlap", f"test/{F1}/lav"])).height == 0
+
+
+def test_max_training_rate_by_hand():
+    linear = {"missing.schedule": "linear", "missing.p0": "0.2", "missing.p1": "0.6", "missing.at": "0.5",
+              "study.epochs": "10"}
+    assert robustness.max_training_rate(linear) == pytest.approx(0.6)  # p1, reached at the last epoch
+    assert robustness.max_training_rate({**linear, "missing.p0": "0.7"}) == pytest.approx(0.7)  # falling: p0
+    assert robustness.max_training_rate({**linear, "study.epochs": "1"}) == pytest.approx(0.2)  # one epoch: p0
+    constant = {"missing.schedule": "constant", "missing.p0": "0.3", "missing.p1": "0.9", "train.epochs": "5"}
+    assert robustness.max_training_rate(constant) == 0.3  # p1 is not used by a constant schedule
+    assert robustness.max_training_rate({k: v for k, v in constant.items() if k != "train.epochs"}) == 0.3
+    assert robustness.max_training_rate({**linear, "missing.modality_scale.a": "0.5"}, modality="a") == pytest.approx(0.3)
+    assert robustness.max_training_rate(linear, modality="v") == pytest.approx(0.6)  # scale 1 when not logged
+    assert robustness.max_training_rate({}) is None
+    assert robustness.max_training_rate({**linear, "missing.p1": "varies: 0.5, 0.6"}) is None
+    rates = robustness.max_training_rates({v: SCHEDULE[v] for v in VARIANTS} | {"ridge": SCHEDULE["fsrf"]})
+    assert rates == pytest.approx({"fsrf": 0.6, "no_dhf": 0.6, "late_fusion": 0.0})  # ridge: no schedule
+
+
+def test_study_config_gives_the_max_training_rates(study):
+    config = load.study_config(study["uri"], study["parent"])
+    assert robustness.max_training_rates(config.variant_params) == pytest.approx(
+        {"fsrf": 0.6, "no_dhf": 0.6, "late_fusion": 0.0})
+    assert robustness.max_training_rates(config.variant_params, modality="a")["fsrf"] == pytest.approx(0.3)
+
+
+def test_every_curve_figure_marks_the_max_training_rate(runs):
+    from analysis import figures
+
+    main = load.main_runs(runs)
+    rates = {"fsrf": 0.6, "no_dhf": 0.6, "late_fusion": 0.0}
+
+    def marks(ax):
+        return {ln.get_gid(): ln for ln in ax.get_lines() if (ln.get_gid() or "").startswith("max-training-rate")}
+
+    fig = figures.curves_figure(robustness.curves(main), metric=F1, max_rates=rates)
+    found = marks(fig.axes[0])
+    assert set(found) == {"max-training-rate:0.6", "max-training-rate:0"}
+    assert list(found["max-training-rate:0.6"].get_xdata()) == [0.6, 0.6]
+    assert found["max-training-rate:0.6"].get_label() == "max training rate 0.6 (FSRF, w/o DHF)"
+    assert found["max-training-rate:0"].get_label() == "max training rate 0 (Late fusion)"
+    per = {"fsrf": {"l": 0.6, "a": 0.3, "v": 0.6}, "no_dhf": {"l": 0.6, "a": 0.6, "v": 0.6},
+           "late_fusion": {"l": 0.0, "a": 0.0, "v": 0.0}}
+    fig = figures.modality_curves_figure(robustness.modality_curves(main), metric=F1, max_rates=per)
+    panels = [ax for ax in fig.axes if ax.get_visible()]
+    assert [ax.get_title() for ax in panels] == ["FSRF", "w/o DHF", "Late fusion"]
+    for ax, variant in zip(panels, VARIANTS):
+        lines = {ln.get_gid() for ln in ax.get_lines()}
+        assert {f"modality:{variant}:{m}" for m in "lav"} <= lines
+        assert marks(ax), variant  # every panel has its line
+    fsrf = marks(panels[0])
+    assert fsrf["max-training-rate:0.3"].get_label() == "max training rate 0.3 (audio)"
+    assert fsrf["max-training-rate:0.6"].get_label() == "max training rate 0.6 (language, visual)"
+    assert [ln.get_label() for ln in marks(panels[1]).values()] == ["max training rate 0.6"]  # shared: one line
+    a = next(ln for ln in panels[0].get_lines() if ln.get_gid() == "modality:fsrf:a")
+    assert list(a.get_ydata()) == pytest.approx([100 * (0.85 - 0.10 * p) for p in (0.0, *INTRA_POINTS)])

@@ -7,6 +7,7 @@ deterministic, yet any wrong probability of the size that matters here moves the
 import itertools
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -26,7 +27,10 @@ from fsrf.missing import (
     burst_drop,
     condition_view,
     intra_drop,
+    modality_conditions,
+    modality_name,
     mrm_views,
+    rates_name,
     sample_presence,
     slice_view,
 )
@@ -301,6 +305,44 @@ def test_mrm_rate_zero_is_complete():
         assert not any(d.any() for d in view.drop)
 
 
+def test_mrm_modality_scale_zero_never_drops_that_modality():
+    valid = mrm_valid(3000)
+    for scale in ((1.0, 0.0, 1.0), (0.0, 1.0, 0.0)):
+        for view in mrm_views(valid, rate=0.8, modality_scale=scale, generator=gen(27)):
+            for m in range(3):
+                present = view.present[:, m]
+                if scale[m] == 0.0:
+                    assert not view.drop[m].any(), (scale, m)
+                    # ... yet the modality still goes missing as a whole: presence is not scaled
+                    assert (~present).any()
+                    assert torch.equal(view.zeroed(m, valid[m])[present], torch.zeros_like(valid[m][present]))
+                else:
+                    assert view.drop[m][present].any(), (scale, m)
+
+
+def test_mrm_modality_scale_scales_the_intra_hit_rate_and_one_is_the_plain_mrm():
+    rate, batch = 0.8, 20_000
+    valid = mrm_valid(batch)
+    plain = mrm_views(valid, rate=rate, generator=gen(28))
+    ones = mrm_views(valid, rate=rate, modality_scale=(1.0, 1.0, 1.0), generator=gen(28))
+    for a, b in zip(plain, ones):  # the default draws exactly the same masks
+        assert torch.equal(a.present, b.present) and all(torch.equal(x, y) for x, y in zip(a.drop, b.drop))
+    view, _ = mrm_views(valid, rate=rate, modality_scale=(1.0, 0.5, 0.25), generator=gen(28))
+    for m, scale in enumerate((1.0, 0.5, 0.25)):
+        rows = view.present[:, m]
+        lengths = valid[m][rows].sum(1).double()
+        hit = (view.drop[m][rows].sum(1) > 0).double()
+        expect = (rate * scale * lengths / (lengths + 1)).mean().item()  # P(some drop), as above
+        assert abs(hit.mean().item() - expect) <= binomial_tol(expect, len(hit)), (m, hit.mean(), expect)
+
+
+@pytest.mark.parametrize("scale, field", [((1.0, -0.5, 1.0), "modality_scale[a]"),
+                                          ((1.0, 1.0, 2.5), "modality_scale[v]")])
+def test_mrm_refuses_scaled_rates_outside_zero_one(scale, field):
+    with pytest.raises(ValueError, match=re.escape(field)):
+        mrm_views(mrm_valid(10), rate=0.5, modality_scale=scale, generator=gen(0))
+
+
 # ---------------------------------------------------------------- schedules
 
 
@@ -321,6 +363,18 @@ def test_schedules_at_hand_computed_points():
     assert (step.rate(3, 10), step.rate(4, 10)) == (0.1, 0.9)
     assert Schedule("step", 0.1, 0.9, at=0.0).rate(0, 10) == 0.9
     assert Schedule("linear", 0.4).p1 == 0.4  # p1 defaults to p0
+
+
+def test_schedule_max_rate_by_hand():
+    assert Schedule("constant", 0.3).max_rate(10) == 0.3
+    assert Schedule("linear", 0.2, 0.8).max_rate(11) == pytest.approx(0.8)  # reached at the last epoch
+    assert Schedule("linear", 0.8, 0.2).max_rate(11) == 0.8  # a falling schedule peaks at the start
+    assert Schedule("linear", 0.2, 0.8).max_rate(1) == 0.2  # one epoch: t = 0 only
+    assert Schedule("cosine", 0.1, 0.7).max_rate(5) == pytest.approx(0.7)
+    assert Schedule("step", 0.1, 0.9, at=0.5).max_rate(10) == 0.9
+    assert Schedule("step", 0.1, 0.9, at=1.0).max_rate(10) == 0.1  # the switch never comes
+    with pytest.raises(ValueError, match="num_epochs"):
+        Schedule("constant", 0.3).max_rate(0)
 
 
 @pytest.mark.parametrize(
@@ -368,6 +422,86 @@ def test_condition_lists():
     assert all_conditions(("l",)) == ["l"] + intra + burst
     with pytest.raises(ValueError):
         all_conditions(("x",))
+
+
+def test_per_modality_condition_lists():
+    curves = [f"intra_{m}_{p}" for m in "lav" for p in INTRA_POINTS]
+    assert modality_conditions() == curves and len(curves) == 30
+    assert curves[:2] == ["intra_l_0.1", "intra_l_0.2"] and curves[-1] == "intra_v_1.0"
+    assert modality_conditions(rates=[(0.3, 0.1, 0.5), (0, 1, 0.9)]) == curves + [
+        "rates_l0.3_a0.1_v0.5", "rates_l0.0_a1.0_v0.9"]
+    assert modality_conditions(("l",), rates=[(0.3, 0.1, 0.5)]) == []  # text only: intra_p is the l curve
+    assert modality_conditions(("l", "a")) == curves[:20]
+    assert modality_name("a", 0.3) == "intra_a_0.3"
+    for bad in ((0.35, 0, 0), (0.3, 1.1, 0), (0.3, 0.1)):
+        with pytest.raises(ValueError, match="rate"):
+            rates_name(bad)
+
+
+def per_modality_valid(n: int = 4000) -> tuple[torch.Tensor, ...]:
+    return (prefix_valid(n, 30, low=1, seed=40), prefix_valid(n, 50, low=1, seed=41),
+            prefix_valid(n, 40, low=1, seed=42))
+
+
+def test_per_modality_conditions_drop_only_the_named_modality_at_its_rate():
+    valid = per_modality_valid()
+    for k, m in enumerate(MODALITIES):
+        for p in (0.3, 0.7):
+            view = condition_view(modality_name(m, p), valid, seed=0)
+            assert view.present.all()  # intra only: every modality stays present
+            for j in range(3):
+                zeroed = view.zeroed(j, valid[j])
+                if j == k:
+                    n = int(valid[j].sum())
+                    assert abs(zeroed.sum().item() / n - p) <= binomial_tol(p, n), (m, p)
+                    assert not (zeroed & ~valid[j]).any()  # never padding
+                else:
+                    assert not zeroed.any(), (m, p, j)  # the other modalities are untouched
+        full = condition_view(modality_name(m, 1.0), valid, seed=0)
+        assert torch.equal(full.zeroed(k, valid[k]), valid[k])  # p = 1: every valid position of m
+        assert all(not full.zeroed(j, valid[j]).any() for j in range(3) if j != k)
+
+
+def test_rates_conditions_drop_each_modality_at_its_own_rate():
+    valid = per_modality_valid()
+    rates = (0.3, 0.1, 0.5)
+    view = condition_view(rates_name(rates), valid, seed=0)
+    assert view.present.all()
+    for m, r in enumerate(rates):
+        n = int(valid[m].sum())
+        frac = view.zeroed(m, valid[m]).sum().item() / n
+        assert abs(frac - r) <= binomial_tol(r, n), (m, r, frac)
+        # each modality's mask is the one of its own per-modality point: the conditions differ only there
+        alone = condition_view(modality_name(MODALITIES[m], r), valid, seed=0)
+        assert torch.equal(view.drop[m], alone.drop[m])
+    kept = condition_view(rates_name((0.0, 1.0, 0.2)), valid, seed=0)
+    assert not kept.drop[0].any() and torch.equal(kept.drop[1], valid[1])
+
+
+def test_per_modality_masks_are_fixed_by_seed_and_name():
+    valid = per_modality_valid(500)
+    for name in ("intra_a_0.3", "rates_l0.9_a0.3_v0.3"):
+        a = condition_view(name, valid, seed=3)
+        assert same_view(a, condition_view(name, valid, seed=3))  # identical masks for every model
+        assert not same_view(a, condition_view(name, valid, seed=4))
+    # distinct from the all-modality curve and from the other modalities' points
+    assert not torch.equal(condition_view("intra_a_0.3", valid, seed=3).drop[1],
+                           condition_view("intra_0.3", valid, seed=3).drop[1])
+    assert not torch.equal(condition_view("intra_a_0.3", valid, seed=3).drop[1],
+                           condition_view("intra_a_0.4", valid, seed=3).drop[1])
+    draws = {(seed, name): torch.rand(1, generator=_condition_generator(seed, name)).item()
+             for seed in (0, 1) for name in all_conditions() + modality_conditions()}
+    assert len(set(draws.values())) == len(draws)
+
+
+def test_per_modality_conditions_need_the_modality():
+    text_only = (split_valid()[0], torch.zeros(1000, 0, dtype=torch.bool), torch.zeros(1000, 0, dtype=torch.bool))
+    for name in ("intra_l_0.3", "intra_a_0.3", "rates_l0.3_a0.1_v0.5"):
+        with pytest.raises(ValueError, match="unknown test condition"):
+            condition_view(name, text_only, seed=0, available=("l",))
+    for name in ("rates_l0.35_a0.1_v0.5", "rates_l0.30_a0.1_v0.5", "intra_x_0.3", "intra_a_0.35"):
+        with pytest.raises(ValueError, match="rates_l<r>_a<r>_v<r>"):
+            condition_view(name, split_valid(10), seed=0)
 
 
 def test_condition_views_are_fixed_by_seed_and_name():

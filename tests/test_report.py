@@ -49,7 +49,7 @@ def test_report_files_and_artifacts(study, built):
                  "tuning_importance", "tuning_parallel"):
         for ext in ("png", "svg"):
             assert (built / "figures" / f"{name}.{ext}").stat().st_size > 1000, f"{name}.{ext}"
-    for name in ("table1_Non0_F1_score", "table1_MAE", "table2_Non0_F1_score"):
+    for name in ("table1_Non0_F1_score", "table1_MAE", "table2_Non0_F1_score", "uncertainty_Non0_F1_score"):
         for ext in ("csv", "md", "tex"):
             assert (built / "tables" / f"{name}.{ext}").is_file()
     for name in ("runs", "curves_Non0_F1_score", "robustness_Non0_F1_score", "overlap_Non0_F1_score", "probe_r2",
@@ -74,6 +74,13 @@ def test_report_text_has_the_numbers(built):
     assert "effective robustness 1.100" in page
     assert re.search(r"R_ho: R² = (0\.9\d\d|1\.000); R_he: R² = -?0\.0", page)
     assert "Omitted" not in page  # every section had its input
+    # The uncertainty table right after Table I; P(FSRF better) by counting seed pairs (test_analysis.py):
+    # (4 + 8/9 + 8/9 + 5.5/9) / 7 = 0.913 over w/o DHF, 6/7 = 0.857 over late fusion.
+    assert page.index('id="table1"') < page.index('id="uncertainty"') < page.index('id="curves"')
+    table = page.split('id="table-uncertainty_Non0_F1_score"', 1)[1].split("</table>", 1)[0]
+    assert "<th>P(FSRF better than variant) [95% CI]</th>" in table and "<td>-</td>" in table
+    assert "P(FSRF better): w/o DHF 0.91 [" in page and "; Late fusion 0.86 [" in page
+    assert "Avg. (missing)</b> is a seeds × 6 score matrix" in page
 
 
 def _chromium() -> str:
@@ -203,6 +210,9 @@ def test_text_only_report_two_ways_ridge_and_references(built_text):
     note = _between(page, 'id="text-only-note"', "</p>")
     assert "not applicable" in note and "eq (1)" in note and "eq (2)" in note and "probe" in note
     assert "Inter-MM" in note
+    # Uncertainty on the one condition {l}: every FSRF seed (0.79 .. 0.81) beats every ridge seed (0.75 .. 0.77).
+    assert "P(FSRF better): Ridge (frozen states) 1.00 [1.00, 1.00]" in page
+    assert "Avg. (missing)</b> is" not in page and (built_text / "tables" / "uncertainty_Non0_F1_score.tex").is_file()
     assert "not applicable to text-only data" in _between(page, 'id="probe"', "</section>")
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from fsrf.config import load_config
-from fsrf.missing import BURST_POINTS, INTRA_POINTS, TABLE_CONDITIONS
+from fsrf.missing import BURST_POINTS, INTRA_POINTS, TABLE_CONDITIONS, modality_conditions
 from fsrf.train import HEADLINE, build_model, evaluate, fit, prepare
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,7 +27,13 @@ METRICS = ("Has0_acc_2", "Has0_F1_score", "Non0_acc_2", "Non0_F1_score", "Mult_a
 FRACTIONS = METRICS[:6]  # in [0, 1]; MAE and Corr are not
 INTRA = [f"intra_{p}" for p in INTRA_POINTS]
 BURST = [f"burst_{p}" for p in BURST_POINTS]
-FULL_CONDITIONS = [*TABLE_CONDITIONS, "avg_missing", *INTRA, "intra_avg", *BURST, "burst_avg", "objective"]
+# The per-modality extension, evaluated on test and on the selected epoch's validation: 30 curve points,
+# their three averages and the default eval.modality_rates (each modality in turn at 0.9, the others 0.3).
+PER_MODALITY = [*modality_conditions(), "intra_l_avg", "intra_a_avg", "intra_v_avg",
+                "rates_l0.9_a0.3_v0.3", "rates_l0.3_a0.9_v0.3", "rates_l0.3_a0.3_v0.9"]
+EPOCH_CONDITIONS = [*TABLE_CONDITIONS, "avg_missing", *INTRA, "intra_avg", "objective"]  # per-epoch validation
+FULL_CONDITIONS = [*TABLE_CONDITIONS, "avg_missing", *INTRA, "intra_avg", *BURST, "burst_avg", "objective",
+                   *PER_MODALITY]
 TEXT_CONDITIONS = ["l", *INTRA, "intra_avg", *BURST, "burst_avg", "objective"]
 
 TINY = ["data.size_scale=0.05", "train.epochs=1", "train.max_batches=3", "model.width=16", "model.seq_width=8",
@@ -149,7 +155,8 @@ def test_the_best_validation_epoch_is_selected_and_tested():
     model = build_model(cfg, result.prepared)
     model.load_state_dict(weights[result.best_epoch])
     again = evaluate(model, result.prepared.splits["test"], modalities=result.prepared.modalities,
-                     mask_seed=cfg.eval.mask_seed, batch_size=cfg.eval.batch_size, prefix="test")
+                     mask_seed=cfg.eval.mask_seed, batch_size=cfg.eval.batch_size, prefix="test",
+                     per_modality=True, modality_rates=cfg.eval.modality_rates)
     assert again == result.test
 
 
@@ -289,19 +296,75 @@ def test_cli_bad_input_is_one_error_line_and_exit_2(tmp_path, run_cli, args, fra
     assert not out.exists()
 
 
-def test_table_conditions_from_shared_encoder_passes_equal_one_pass_per_condition():
-    """evaluate() recombines two encoder passes for Table I: it must equal a pass per condition."""
+def test_conditions_from_shared_encoder_passes_equal_one_pass_per_condition():
+    """evaluate() encodes a modality only where a condition changes it (Table I: two passes in all;
+    intra_a_p: audio only): every score must equal that of a full pass per condition."""
     import torch
 
-    from fsrf.missing import TABLE_CONDITIONS, condition_view
-    from fsrf.train import _table_scores, build_model, predict
+    from fsrf.missing import condition_view
+    from fsrf.train import _scores, build_model, predict
 
     cfg = load_config(None, TINY)
     prep = prepare(cfg)
     torch.manual_seed(3)
     model = build_model(cfg, prep).eval()
     data = prep.splits["valid"]
-    shared = _table_scores(model, data, list(TABLE_CONDITIONS), batch_size=7)
-    for cond in TABLE_CONDITIONS:
-        view = condition_view(cond, data.inputs.valid(), seed=0, available=prep.modalities)
+    conditions = [*TABLE_CONDITIONS, "intra_0.3", "burst_0.6", "intra_l_0.5", "intra_a_0.3", "intra_v_1.0",
+                  "rates_l0.9_a0.3_v0.0"]
+    shared = _scores(model, data, conditions, modalities=prep.modalities, mask_seed=5, batch_size=7)
+    for cond in conditions:
+        view = condition_view(cond, data.inputs.valid(), seed=5, available=prep.modalities)
         torch.testing.assert_close(shared[cond], predict(model, data, view, batch_size=7), rtol=1e-5, atol=1e-6)
+
+
+def test_evaluate_per_modality_names_and_values():
+    """The per-modality extension on a tiny untrained model: the metric names of SPEC section 6, the
+    averages, and conditions that really differ (a model that ignored the masks would fail here)."""
+    import numpy as np
+    import torch
+
+    cfg = load_config(None, TINY)
+    prep = prepare(cfg)
+    torch.manual_seed(3)
+    model = build_model(cfg, prep).eval()
+    kw = dict(modalities=prep.modalities, mask_seed=cfg.eval.mask_seed, batch_size=64, prefix="test")
+    plain = evaluate(model, prep.splits["test"], **kw)
+    full = evaluate(model, prep.splits["test"], per_modality=True, modality_rates=[(0.3, 0.1, 0.5)], **kw)
+    assert {k: full[k] for k in plain} == plain  # the extension changes nothing that was there
+    extra = {k.split("/")[2] for k in set(full) - set(plain)}
+    assert extra == {*modality_conditions(), "intra_l_avg", "intra_a_avg", "intra_v_avg", "rates_l0.3_a0.1_v0.5"}
+    for m in "lav":
+        points = [full[f"test/MAE/intra_{m}_{p}"] for p in INTRA_POINTS]
+        assert full[f"test/MAE/intra_{m}_avg"] == pytest.approx(np.mean(points))
+    assert full["test/MAE/intra_a_1.0"] != full["test/MAE/intra_v_1.0"] != full["test/MAE/lav"]
+    objective = f"test/{HEADLINE}/objective"
+    assert full[objective] == plain[objective]
+    check_protocol_metrics(full, "test", {k.split("/")[2] for k in full})  # finite, fractions in [0, 1]
+
+
+def test_per_modality_conditions_are_test_only(tiny_run):
+    """Per-epoch validation (and so the objective) never sees the per-modality conditions; the test and the
+    selected epoch's validation do."""
+    cfg, result = tiny_run
+    reported = []
+    fit(cfg, log=quiet, report=lambda e, m, state: reported.append(m))
+    epoch_val = {k for k in reported[0] if k.startswith("val/")}
+    assert epoch_val == expected_keys("val", EPOCH_CONDITIONS)
+    assert set(result.test) == expected_keys("test", FULL_CONDITIONS)
+    assert set(result.val) == expected_keys("val", FULL_CONDITIONS)
+
+
+def test_modality_scale_trains_and_is_validated():
+    from fsrf.errors import InputError
+
+    cfg = tiny_cfg("missing.modality_scale.a=0", "missing.modality_scale.v=0.5")
+    assert (cfg.missing.modality_scale.a, cfg.missing.modality_scale.v) == (0.0, 0.5)
+    result = fit(cfg, log=quiet)
+    assert math.isfinite(result.history[0]["train/total"])
+    with pytest.raises(InputError, match="missing.modality_scale.l"):
+        tiny_cfg("missing.p0=0.5", "missing.modality_scale.l=3")  # 0.5 * 3 > 1
+    with pytest.raises(InputError, match="missing.modality_scale.v"):
+        tiny_cfg("missing.modality_scale.v=-1")
+    assert tiny_cfg("missing.p0=0.5", "missing.modality_scale.l=2").missing.modality_scale.l == 2.0  # 0.5 * 2 = 1
+    with pytest.raises(InputError, match="eval.modality_rates"):
+        tiny_cfg("eval.modality_rates=[[0.35, 0.1, 0.5]]")
