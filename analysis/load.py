@@ -160,6 +160,12 @@ class StudyConfig:
     parent_params: dict[str, str]
     variant_params: dict[str, dict[str, str]]  # variant -> param -> value (or "varies: a, b, ...")
     tags: dict[str, str] = field(default_factory=dict)
+    parent_metrics: dict[str, float] = field(default_factory=dict)  # study/wall_time_s, study/cpu_s, ...
+    runs_meta: list[dict] = field(default_factory=list)  # per child: variant, seed, cost, best epoch, manifest tags
+
+
+MANIFEST_TAGS = {"fsrf.code_commit": "commit", "fsrf.code_dirty": "dirty", "fsrf.data_fingerprint": "data",
+                 "fsrf.encoder_id": "encoder", "fsrf.selection": "selection"}
 
 
 def study_config(tracking_uri: str, parent_run_id: str) -> StudyConfig:
@@ -171,10 +177,15 @@ def study_config(tracking_uri: str, parent_run_id: str) -> StudyConfig:
     client = mlflow_client(tracking_uri)
     parent = _parent(client, parent_run_id, tracking_uri)
     seen: dict[str, dict[str, set[str]]] = {}
+    meta = []
     for run in _children(client, parent):
         variant = run.data.tags.get("fsrf.variant") or run.data.params.get("variant", "?")
         for k, v in run.data.params.items():
             seen.setdefault(variant, {}).setdefault(k, set()).add(v)
+        m = run.data.metrics
+        meta.append({"variant": variant, "seed": run.data.params.get("seed"),
+                     **{k: m.get(k) for k in ("cost/cpu_s", "cost/wall_s", "cost/gpu_s", "best/epoch")},
+                     **{short: run.data.tags.get(tag) for tag, short in MANIFEST_TAGS.items()}})
     per_variant = {}
     for variant in ordered_variants(seen):
         per_variant[variant] = {
@@ -184,7 +195,7 @@ def study_config(tracking_uri: str, parent_run_id: str) -> StudyConfig:
     tags = {k: v for k, v in parent.data.tags.items() if not k.startswith("mlflow.")}
     return StudyConfig(experiment=exp.name, parent_run_id=parent_run_id, parent_name=parent.info.run_name or "",
                        parent_params=dict(sorted(parent.data.params.items())), variant_params=per_variant,
-                       tags=tags)
+                       tags=tags, parent_metrics=dict(parent.data.metrics), runs_meta=meta)
 
 
 def data_param(config: StudyConfig | None, key: str) -> str | None:

@@ -644,6 +644,52 @@ def config_section(rep: Report, config: load.StudyConfig | None) -> None:
                 "<h3>Runs per variant</h3>", frame_html(grid, table_id="variant-params"))
 
 
+def cost_section(rep: Report, config: load.StudyConfig | None, study: load.TuningStudy | None) -> None:
+    """What the study cost (CPU-, wall- and GPU-seconds per run and in total) and what pins its runs
+    (code commit, data fingerprint, encoder, selection rule from the runs' manifests)."""
+    title = "Cost and reproducibility"
+    if config is None or not config.runs_meta:
+        rep.omitted("cost", title, "costs and manifests are read from MLflow; pass --robustness-run")
+        return
+    meta = pl.DataFrame(config.runs_meta, infer_schema_length=None)
+    if "cost/cpu_s" not in meta.columns or meta["cost/cpu_s"].null_count() == meta.height:
+        rep.omitted("cost", title, "the runs carry no cost/* metrics (a study from before cost accounting)")
+        return
+    per = (meta.group_by("variant", maintain_order=True)
+           .agg(pl.len().alias("runs"), pl.col("cost/cpu_s").mean().alias("cpu_s_per_run"),
+                pl.col("cost/cpu_s").std().alias("cpu_s_std"), pl.col("cost/wall_s").mean().alias("wall_s_per_run"),
+                pl.col("cost/cpu_s").sum().alias("cpu_s_total"), pl.col("cost/gpu_s").sum().alias("gpu_s_total"),
+                pl.col("best/epoch").mean().alias("mean_best_epoch")))
+    rep.csv(per, "cost_per_variant")
+    pm = config.parent_metrics
+    total_cpu = pm.get("study/cpu_s", float(meta["cost/cpu_s"].sum())) + pm.get("study/driver_cpu_s", 0.0)
+    lines = [f"<p>{meta.height} runs used {num(total_cpu / 3600, 2)} CPU-hours in all "
+             f"({num(pm.get('study/cpu_s', float('nan')), 0)} CPU-s in the runs, "
+             f"{num(pm.get('study/driver_cpu_s', float('nan')), 0)} in the driver), "
+             f"{num(float(meta['cost/gpu_s'].sum()), 0)} GPU-s, and {num(pm.get('study/wall_time_s', float('nan')) / 60, 1)} "
+             "minutes of wall time. CPU-seconds are each run's process time (all its threads), so they add up "
+             "across runs that ran side by side.</p>"]
+    if study is not None and "cpu_s" in study.trials.columns:
+        t = study.trials
+        lines.append(f"<p>The tuning study behind it: {t.height} trials, {num(float(t['cpu_s'].sum()) / 3600, 2)} "
+                     f"CPU-hours ({num(float(t['cpu_s'].mean()), 0)} CPU-s per trial on average).</p>")
+    prov = []
+    for key, label in (("commit", "code commit"), ("dirty", "uncommitted changes"), ("data", "data fingerprint"),
+                       ("encoder", "text encoder"), ("selection", "checkpoint selection")):
+        if key in meta.columns:
+            values = sorted({str(v) for v in meta[key].to_list() if v is not None})
+            if values:
+                prov.append(f"<li>{label}: " + ", ".join(f"<code>{esc(v)}</code>" for v in values) + "</li>")
+    if prov:
+        lines.append("<p>From the runs' manifests (one value each when every run agrees):</p><ul>" + "".join(prov)
+                     + "</ul><p>Every run's <code>manifest.json</code> artifact re-runs it: "
+                     "<code>python studies/train.py --manifest manifest.json</code> trains the same configuration "
+                     "with the same seeds, data and threads and compares every metric.</p>")
+    shown = per.with_columns([pl.col(c).round(1) for c in ("cpu_s_per_run", "cpu_s_std", "wall_s_per_run",
+                                                           "cpu_s_total", "gpu_s_total", "mean_best_epoch")])
+    rep.section("cost", title, "".join(lines), frame_html(shown, table_id="table-cost"))
+
+
 def software_versions() -> dict[str, str]:
     """Versions of the installed packages (from their metadata, without importing torch or ray)."""
     from importlib import metadata
@@ -728,6 +774,7 @@ def write_report(inputs: Inputs, folder: Path, *, metric: str = HEADLINE, extra_
     overlap_section(rep, runs, metric, text_only=text_only)
     probe_section(rep, inputs.representations, method=embedding, text_only=text_only)
     tuning_section(rep, inputs.study)
+    cost_section(rep, config, inputs.study)
     config_section(rep, config)
 
     what = (f"study <code>{esc(config.experiment)}</code>, parent run <code>{esc(config.parent_run_id)}</code>"

@@ -83,15 +83,22 @@ def log_run(client, exp_id: str, parent: str, variant: str, seed: int, overlap, 
     from mlflow.entities import Metric, Param
 
     run = client.create_run(exp_id, run_name=f"{variant}-seed{seed}",
-                            tags={"mlflow.parentRunId": parent, "fsrf.role": "robustness-run", "fsrf.variant": variant})
+                            tags={"mlflow.parentRunId": parent, "fsrf.role": "robustness-run", "fsrf.variant": variant,
+                                  "fsrf.code_commit": "c0ffee1", "fsrf.data_fingerprint": "f00dfeed"})
     rid = run.info.run_id
     params = {"variant": variant, "seed": str(seed), "missing.overlap": str(overlap), "loss.lambda1": "0.2",
               "train.lr": "0.001", "model.dhf": str(variant != "no_dhf"), "data.preset": "mosi",
               **SCHEDULE.get(variant, {}), **(extra_params or {})}
     client.log_batch(rid, metrics=[Metric(k, v, 0, 0) for k, v in metrics.items()]
-                     + [Metric(f"val/{F1}/lav", 0.5, 0, 0)],
+                     + [Metric(f"val/{F1}/lav", 0.5, 0, 0)]
+                     + [Metric(k, v, 0, 0) for k, v in run_cost(seed).items()],
                      params=[Param(k, v) for k, v in params.items()])
     return rid
+
+
+def run_cost(seed: int) -> dict[str, float]:
+    """Known costs of a fixture run: 100 + 10 * seed CPU-s, 50 + seed wall-s, best epoch seed + 1."""
+    return {"cost/cpu_s": 100.0 + 10 * seed, "cost/wall_s": 50.0 + seed, "cost/gpu_s": 0.0, "best/epoch": seed + 1.0}
 
 
 def representations(n: int = 300, d: int = 4, seed: int = 0) -> dict[str, np.ndarray]:
@@ -154,6 +161,9 @@ def study(tmp_path_factory):
     # A failed child must not count.
     bad = log_run(client, exp_id, parent, "fsrf", 9, None, run_values("fsrf", 0))
     client.set_terminated(bad, "FAILED")
+    total_cpu = sum(run_cost(r["seed"])["cost/cpu_s"] for r in rows)  # the FINISHED children only
+    for k, v in {"study/cpu_s": total_cpu, "study/driver_cpu_s": 5.0, "study/wall_time_s": 600.0}.items():
+        client.log_metric(parent, k, v)
     client.set_terminated(parent, "FINISHED")
     parquet = root / "runs.parquet"
     pl.DataFrame(rows, schema_overrides={"overlap": pl.Float64}).write_parquet(parquet)

@@ -67,6 +67,21 @@ def test_report_files_and_artifacts(study, built):
     assert {"curves.png", "curves.svg"} <= figs
 
 
+def test_cost_and_provenance_section(built):
+    """Per-variant costs from the fixture's known values (100 + 10 * seed CPU-s, seeds 0..2) and the
+    manifests' commit and data fingerprint."""
+    import polars as pl
+
+    cost = pl.read_csv(built / "tables" / "cost_per_variant.csv")
+    row = cost.filter(pl.col("variant") == "no_dhf").row(0, named=True)
+    assert row["runs"] == 3 and row["cpu_s_per_run"] == 110.0 and row["cpu_s_std"] == 10.0
+    assert row["cpu_s_total"] == 330.0 and row["wall_s_per_run"] == 51.0 and row["mean_best_epoch"] == 2.0
+    page = (built / "report.html").read_text()
+    total = cost["cpu_s_total"].sum()
+    assert f"used {(total + 5) / 3600:.2f} CPU-hours" in page and "10.0 minutes of wall time" in page
+    assert "<code>c0ffee1</code>" in page and "<code>f00dfeed</code>" in page
+
+
 def test_report_text_has_the_numbers(built):
     page = (built / "report.html").read_text()
     # FSRF avg_missing (percent) and its AUC 0.85 - 0.3 / 2 = 0.700 appear in the written explanation.
@@ -155,7 +170,7 @@ def test_report_from_parquet_omits_what_it_lacks(study, tmp_path):
     out = tmp_path / "from-parquet"
     assert report.main(["--runs-parquet", str(study["parquet"]), "--out", str(out)]) == 0
     page = (out / "report.html").read_text()
-    assert page.count('class="note">Omitted') == 3  # probe and configs need MLflow; no --study-dir
+    assert page.count('class="note">Omitted') == 4  # probe, cost and configs need MLflow; no --study-dir
     assert 'id="fig-curves"' in page and (out / "figures" / "curves.svg").is_file()
 
 

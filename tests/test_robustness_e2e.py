@@ -87,5 +87,11 @@ def test_the_report_builds_from_the_study(study):
     html = next((study["work"] / "reports").glob("robustness-*/report.html")).read_text()
     assert "Table I" in html and "Late fusion" in html and "Ridge" in html
     assert "data:image/png;base64," in html
+    # cost and provenance: the runs' CPU-seconds add up to the parent's, and the manifests' commit is shown
+    cost = pl.read_csv(next((study["work"] / "reports").glob("robustness-*/tables/cost_per_variant.csv")))
+    assert sorted(cost["variant"].to_list()) == ["fsrf", "late_fusion", "ridge"] and cost["runs"].to_list() == [2, 2, 2]
+    assert cost["cpu_s_total"].sum() == pytest.approx(parent.data.metrics["study/cpu_s"], rel=1e-6)
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    assert 'id="table-cost"' in html and (not head or head in html)
     logged = {a.path for a in study["client"].list_artifacts(parent.info.run_id)}
     assert "report" in logged
