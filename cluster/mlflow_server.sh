@@ -90,9 +90,14 @@ start_postgres() {
       || { echo "error: PostgreSQL did not start; see $dir/postgresql.log" >&2; tail -5 "$dir/postgresql.log" >&2; exit 1; }
   fi
   local psql=("$PGBIN/psql" -h 127.0.0.1 -p "$pg_port" -U postgres -d postgres -v ON_ERROR_STOP=1 -qtA)
-  if [ "$("${psql[@]}" -c "select 1 from pg_database where datname = 'mlflow'")" != 1 ]; then
-    "${psql[@]}" -c "create database mlflow" >/dev/null
-  fi
+  # mlflow: the tracking store; optuna: the searchers' studies (--optuna-storage), a database of its own
+  # because both keep an alembic_version table
+  local db
+  for db in mlflow optuna; do
+    if [ "$("${psql[@]}" -c "select 1 from pg_database where datname = '$db'")" != 1 ]; then
+      "${psql[@]}" -c "create database $db" >/dev/null
+    fi
+  done
 }
 
 start_mlflow() {
@@ -133,6 +138,7 @@ case $cmd in
     echo "PostgreSQL: 127.0.0.1:$pg_port database mlflow (data $dir/pgdata)"
     echo "artifacts:  $dir/artifacts"
     echo "tracking URI: $(uri)"
+    echo "Optuna storage: postgresql+psycopg2://postgres@127.0.0.1:$pg_port/optuna (with PGPASSFILE=$dir/pgpass)"
     ;;
   status)
     if pg_running; then echo "PostgreSQL: running (data $dir/pgdata)"; else echo "PostgreSQL: stopped"; fi

@@ -120,7 +120,9 @@ def main(argv=None) -> int:
     if not args.resume and state_file.is_file():
         raise InputError(str(study_dir), "--name", "a study of this name exists: pass --resume, or a new --name")
     runtime.check_data(base)
-    optuna_url = args.optuna_storage or f"sqlite:///{study_dir / 'optuna.db'}"
+    # a password in the URL moves to the environment (PGPASSWORD), out of Tune's pickled searcher state
+    optuna_url = tracking.credentials_to_env(args.optuna_storage) if args.optuna_storage \
+        else f"sqlite:///{study_dir / 'optuna.db'}"
 
     import ray
     from ray import tune

@@ -315,7 +315,7 @@ def tracking_server(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_shared_tracking_server(tracking_server, tmp_path, fsrf_cache):
+def test_shared_tracking_server(tracking_server, tmp_path, fsrf_cache, monkeypatch):
     """4 trials at once (0.5 CPU each on a local Ray of 2 CPUs) log to MLflow on PostgreSQL."""
     n_trials, epochs, secret = 4, 2, "s3cret-Pa55word"
     port = tracking_server["port"]
@@ -326,9 +326,12 @@ def test_shared_tracking_server(tracking_server, tmp_path, fsrf_cache):
     secret_uri = f"http://fsrf:{secret}@127.0.0.1:{port}"  # what a user with credentials would pass
     args = [sys.executable, str(SCRIPT), *SETS, "--cpus", "2", "--cpus-per-trial", "0.5", "--name", "shared",
             "--num-samples", str(n_trials), "--max-epochs", str(epochs), "--grace-period", str(epochs),
-            "--tracking-uri", secret_uri]
+            "--tracking-uri", secret_uri,
+            "--optuna-storage", f"postgresql+psycopg2://postgres@127.0.0.1:{tracking_server['pg_port']}/optuna"]
+    pgpass = str(tracking_server["dir"] / "pgpass")
     t0 = time.time()
-    driver = subprocess.Popen(args, cwd=tmp_path, env=base_env(FSRF_CACHE=str(fsrf_cache)), stdout=subprocess.PIPE,
+    driver = subprocess.Popen(args, cwd=tmp_path, env=base_env(FSRF_CACHE=str(fsrf_cache), PGPASSFILE=pgpass),
+                              stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         stdout, stderr = driver.communicate(timeout=300)
@@ -374,6 +377,13 @@ def test_shared_tracking_server(tracking_server, tmp_path, fsrf_cache):
         if path.is_file():
             assert secret.encode() not in path.read_bytes(), path
     assert json.loads((study_dir / "fsrf_study.json").read_text())["uri"] == uri  # the password went to the env
+    # the searcher's study lives in the server's PostgreSQL too: every trial, told its objective
+    import optuna
+
+    monkeypatch.setenv("PGPASSFILE", pgpass)
+    stored = optuna.load_study(study_name="shared", storage=args[args.index("--optuna-storage") + 1])
+    assert sorted(t.value for t in stored.trials) == pytest.approx(
+        sorted(r.data.metrics["best/" + OBJECTIVE] for r in children))
     print(f"\nshared tracking: {n_trials} concurrent trials x {epochs} epochs logged to MLflow on PostgreSQL in "
           f"{wall:.1f} s; {len(children)} child runs, all FINISHED, {len(expected_params)} params each, "
           f"{len(schema)} metrics each; password found in 0 params/tags")
