@@ -190,7 +190,7 @@ def main(argv=None) -> int:
             tune_config=tune.TuneConfig(max_concurrent_trials=concurrent),
             run_config=tune.RunConfig(name=args.name, storage_path=str(storage), verbose=0,
                                       callbacks=[tracker, tracking.ProgressPrinter(
-                                          epochs, metric="best/val/Non0_F1_score/objective",
+                                          epochs, metric="best/val/Non0_F1_score/objective", total=len(specs),
                                           name_fn=lambda trial: spec_name(trial.config["spec"]))],
                                       failure_config=tune.FailureConfig(max_failures=args.max_failures),
                                       checkpoint_config=tune.CheckpointConfig(num_to_keep=5)),

@@ -359,8 +359,8 @@ class ProgressPrinter(tune.Callback):
     every ``every_s`` seconds while trials run: trials done, running, stopped early and failed, the best
     objective so far and its trial, and the CPU-seconds spent."""
 
-    def __init__(self, max_epochs: int, *, metric: str, name_fn=None, every_s: float = 30.0):
-        self.max_epochs, self.metric, self.every_s = max_epochs, metric, every_s
+    def __init__(self, max_epochs: int, *, metric: str, name_fn=None, every_s: float = 30.0, total: int | None = None):
+        self.max_epochs, self.metric, self.every_s, self.total = max_epochs, metric, every_s, total
         self.name = name_fn or run_name
         self.start = self.last = time.time()
         self.best, self.best_name = float("-inf"), ""
@@ -374,7 +374,8 @@ class ProgressPrinter(tune.Callback):
         done = sum(t.status in ("TERMINATED", "ERROR") for t in trials)
         running = sum(t.status == "RUNNING" for t in trials)
         best = f"best {self.best:.4f} ({self.best_name})" if self.best_name else "best -"
-        return (f"{done}/{len(trials)} trials done ({self.stopped} stopped early, {self.failed} failed), "
+        total = max(self.total or 0, len(trials))  # Tune creates trials lazily: the study knows how many
+        return (f"{done}/{total} trials done ({self.stopped} stopped early, {self.failed} failed), "
                 f"{running} running | {best} | {sum(self.cpu.values()):.0f} CPU-s")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
@@ -398,7 +399,8 @@ class ProgressPrinter(tune.Callback):
             state = f"stopped after {epochs}/{self.max_epochs} epochs"
         else:
             state = "done"
-        value = (trial.last_result or {}).get(self.metric)
+        last = trial.last_result or {}
+        value = last.get(self.metric, last.get(self.metric.removeprefix("best/")))  # a final report: no best/
         score = f" {value:.4f}" if isinstance(value, (int, float)) and math.isfinite(value) else ""
         self.last = time.time()
         # a trial's status is still RUNNING inside this callback: count it as done

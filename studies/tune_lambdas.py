@@ -211,7 +211,8 @@ def main(argv=None) -> int:
         time_attr="epoch", max_t=args.max_epochs, grace_period=args.grace_period, reduction_factor=3)
     run_config = tune.RunConfig(
         name=args.name, storage_path=str(storage), verbose=0,
-        callbacks=[tracker, tracking.ProgressPrinter(args.max_epochs, metric=OBJECTIVE, name_fn=trial_name)],
+        callbacks=[tracker, tracking.ProgressPrinter(args.max_epochs, metric=OBJECTIVE, name_fn=trial_name,
+                                                         total=args.num_samples * repeats)],
         failure_config=tune.FailureConfig(max_failures=args.max_failures),
         # Keep several: Tune deletes old checkpoints before its (lagging) experiment state is synced, and
         # a driver killed in between resumes a trial from a deleted one (then the trial fails).
