@@ -179,7 +179,7 @@ def main(argv=None) -> int:
                                     name_fn=lambda trial: spec_name(trial.config["spec"]),
                                     params_fn=lambda trial: _spec_params(trial.config["spec"]),
                                     tags_fn=lambda trial: {"fsrf.variant": trial.config["spec"]["variant"]},
-                                    artifacts=("metrics.json", "representations.npz"))
+                                    artifacts=("metrics.json", "representations.npz"), early_stopping=False)
     print(f"robustness study {args.name}: {len(specs)} runs ({', '.join(variants)} x {args.seeds} seeds"
           f"{' + overlaps ' + args.overlaps if overlaps else ''}), {epochs} epochs each, {concurrent} at a time; "
           f"config from {source}", file=sys.stderr, flush=True)
@@ -191,6 +191,7 @@ def main(argv=None) -> int:
             run_config=tune.RunConfig(name=args.name, storage_path=str(storage), verbose=0,
                                       callbacks=[tracker, tracking.ProgressPrinter(
                                           epochs, metric="best/val/Non0_F1_score/objective", total=len(specs),
+                                          early_stopping=False,
                                           name_fn=lambda trial: spec_name(trial.config["spec"]))],
                                       failure_config=tune.FailureConfig(max_failures=args.max_failures),
                                       checkpoint_config=tune.CheckpointConfig(num_to_keep=5)),

@@ -195,7 +195,7 @@ class TrialTracker(tune.Callback):
 
     def __init__(self, *, uri: str, experiment_id: str, parent_run_id: str, base_params: dict[str, Any],
                  tags: dict[str, str], max_epochs: int, name_fn=None, params_fn=None, tags_fn=None,
-                 artifacts: tuple[str, ...] = (), time_budget_s: float | None = None):
+                 artifacts: tuple[str, ...] = (), time_budget_s: float | None = None, early_stopping: bool = True):
         self.uri, self.exp, self.parent = uri, experiment_id, parent_run_id
         self.name_fn, self.artifacts = name_fn or run_name, artifacts
         self.tags_fn = tags_fn or (lambda trial: {})
@@ -204,6 +204,7 @@ class TrialTracker(tune.Callback):
         self.runs: dict[str, str] = {}
         self.manifests: dict[str, dict] = {}
         self.budget_end = time.time() + time_budget_s if time_budget_s else None
+        self.early_stopping = early_stopping  # False: no scheduler, a run that ends is complete (ridge: 1 epoch)
         self._client = None
 
     @property
@@ -286,7 +287,7 @@ class TrialTracker(tune.Callback):
             self._end(trial, "FAILED", failed)
             return
         epochs = int((trial.last_result or {}).get("epoch", 0))
-        if epochs >= self.max_epochs:
+        if epochs >= self.max_epochs or not self.early_stopping:
             reason = "completed"
         elif self.budget_end is not None and time.time() >= self.budget_end:
             reason = f"stopped by the study's time budget after {epochs} epochs"
@@ -359,8 +360,10 @@ class ProgressPrinter(tune.Callback):
     every ``every_s`` seconds while trials run: trials done, running, stopped early and failed, the best
     objective so far and its trial, and the CPU-seconds spent."""
 
-    def __init__(self, max_epochs: int, *, metric: str, name_fn=None, every_s: float = 30.0, total: int | None = None):
+    def __init__(self, max_epochs: int, *, metric: str, name_fn=None, every_s: float = 30.0, total: int | None = None,
+                 early_stopping: bool = True):
         self.max_epochs, self.metric, self.every_s, self.total = max_epochs, metric, every_s, total
+        self.early_stopping = early_stopping
         self.name = name_fn or run_name
         self.start = self.last = time.time()
         self.best, self.best_name = float("-inf"), ""
@@ -394,7 +397,7 @@ class ProgressPrinter(tune.Callback):
         if failed:
             self.failed += 1
             state = f"FAILED: {failed}"
-        elif epochs < self.max_epochs:
+        elif epochs < self.max_epochs and self.early_stopping:
             self.stopped += 1
             state = f"stopped after {epochs}/{self.max_epochs} epochs"
         else:

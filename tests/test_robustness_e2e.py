@@ -66,6 +66,7 @@ def test_runs_carry_the_study_context_a_manifest_and_their_cost(study):
         assert out["metrics"]["test/Non0_F1_score/lav"] == r.data.metrics["test/Non0_F1_score/lav"]
         assert out["best_epoch"] == r.data.metrics["best/epoch"] >= 1
         assert r.data.metrics["cost/cpu_s"] > 0 and r.data.metrics["cost/gpu_s"] == 0
+        assert r.data.tags["fsrf.stop_reason"] == "completed" == out["stop_reason"]  # no scheduler here
     total = sum(r.data.metrics["cost/cpu_s"] for r in children)
     assert parent.data.metrics["study/cpu_s"] == pytest.approx(total, rel=1e-6)
     assert "cost: 6 runs" in study["stdout"]
