@@ -68,7 +68,7 @@ def mark_max_training_rate(ax, marks: dict[str, float] | None, *, colors: dict[s
     for who, rate in (marks or {}).items():
         by_rate.setdefault(round(rate, 9), []).append(who)
     for rate, whos in sorted(by_rate.items()):
-        label = f"{MAX_RATE_LABEL} {rate:g}" + (f" ({', '.join(whos)})" if len(by_rate) > 1 else "")
+        label = f"{MAX_RATE_LABEL} {rate:.2g}" + (f" ({', '.join(whos)})" if len(by_rate) > 1 else "")
         c = (colors or {}).get(whos[0], MAX_RATE_COLOR) if len(by_rate) > 1 and len(whos) == 1 else MAX_RATE_COLOR
         ax.axvline(rate, color=c, ls=(0, (5, 3)), lw=1.2, alpha=0.9, zorder=1.5, label=label,
                    gid=f"max-training-rate:{rate:g}")
