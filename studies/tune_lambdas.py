@@ -119,10 +119,15 @@ def main(argv=None) -> int:
         raise InputError(str(study_dir), "--resume", "no study to resume here (run without --resume first)")
     if not args.resume and state_file.is_file():
         raise InputError(str(study_dir), "--name", "a study of this name exists: pass --resume, or a new --name")
-    runtime.check_data(base)
     # a password in the URL moves to the environment (PGPASSWORD), out of Tune's pickled searcher state
     optuna_url = tracking.credentials_to_env(args.optuna_storage) if args.optuna_storage \
         else f"sqlite:///{study_dir / 'optuna.db'}"
+    if args.optuna_storage:  # a shared store: checked first, like the tracking server
+        optuna_store = optuna_storage(optuna_url, name=args.name, resume=args.resume)
+    runtime.check_data(base)
+    if not args.optuna_storage:  # the study's own SQLite file: created only once the input is known good
+        study_dir.mkdir(parents=True, exist_ok=True)
+        optuna_store = optuna_storage(optuna_url, name=args.name, resume=args.resume)
 
     import ray
     from ray import tune
@@ -204,7 +209,7 @@ def main(argv=None) -> int:
     # Single objective: metric/mode go to TuneConfig, which hands them to the searcher and to ASHA.
     optuna_kw = dict(metric=metric, mode=mode) if args.multi_objective else {}
     optuna = OptunaSearch(seed=args.search_seed, points_to_evaluate=base_point, study_name=args.name,
-                          storage=optuna_storage(optuna_url), **optuna_kw)
+                          storage=optuna_store, **optuna_kw)
     searcher = ConcurrencyLimiter(Repeater(optuna, repeat=repeats, set_index=True) if repeats > 1 else optuna,
                                   max_concurrent=concurrent)
     scheduler = FIFOScheduler() if study_info["scheduler"] == "FIFO" else ASHAScheduler(
@@ -275,18 +280,23 @@ def main(argv=None) -> int:
 TRIAL_INDEX = "__trial_index__"  # set by Tune's Repeater: which of a configuration's seeds a trial is
 
 
-def optuna_storage(url: str):
-    """The searcher's persistent Optuna storage (SQLite or PostgreSQL URL); a bad URL fails in one line."""
+def optuna_storage(url: str, *, name: str, resume: bool):
+    """The searcher's persistent Optuna storage (SQLite or PostgreSQL URL); a bad URL fails in one line,
+    and so does a new study whose name the storage already holds (it would inherit that history)."""
     import optuna
 
     from fsrf.errors import InputError
+    from studies.tracking import redact
 
     try:
-        return optuna.storages.RDBStorage(url)
+        storage = optuna.storages.RDBStorage(url)
+        names = optuna.study.get_all_study_names(storage)
     except Exception as err:  # sqlalchemy's errors vary by dialect; the message says what is wrong
-        from studies.tracking import redact
-
         raise InputError("--optuna-storage", None, f"cannot open {redact(url)}: {str(err).splitlines()[0]}") from None
+    if name in names and not resume:
+        raise InputError("--optuna-storage", None, f"{redact(url)} already holds an Optuna study {name!r}: "
+                         "pass --resume, or a new --name")
+    return storage
 
 
 def _variant(cfg) -> str:

@@ -282,8 +282,6 @@ def robustness_trainable(config: dict[str, Any], settings: TrialSettings) -> Non
     from fsrf.train import fit, representations
     from studies.robustness import variant_overrides
 
-    from fsrf import manifest as manifest_mod
-
     _quiet()
     spec = config["spec"]
     flat = {**settings.base, **variant_overrides(spec["variant"]), "seed": spec["seed"],
@@ -308,11 +306,8 @@ def robustness_trainable(config: dict[str, Any], settings: TrialSettings) -> Non
         return
     final = {**result.val, **result.test, "epoch": len(result.history), "best_epoch": result.best_epoch + 1,
              "wall_time_s": result.wall_time_s, **meter.read()}
-    done = manifest_mod.complete(manifest, epochs_run=len(result.history), best_epoch=result.best_epoch + 1,
-                                 stop_reason=result.stop_reason, metrics={**result.val, **result.test})
     with tempfile.TemporaryDirectory() as d:
         Path(d, "metrics.json").write_text(json.dumps(result.to_json(cfg), indent=1))
-        manifest_mod.write(done, Path(d, "manifest.json"))
         split = prep.raw.get("test")
         if split is not None and split.latents and len(prep.modalities) == 3:
             reps = representations(result.model, prep.splits["test"], modalities=prep.modalities,

@@ -106,6 +106,8 @@ CASES = [
     Case("overlaps-not-numbers", "studies/robustness.py", ("--overlaps", "half"), ("--overlaps", "'half'")),
     Case("resume-without-a-study", "studies/tune_lambdas.py", ("--resume", "--name", "ghost"),
          ("ghost", "--resume", "no study to resume")),
+    Case("bad-optuna-storage", "studies/tune_lambdas.py", ("--optuna-storage", "nosuchdb://host/optuna"),
+         ("--optuna-storage", "cannot open", "nosuchdb://host/optuna")),
     Case("benchmark-bad-only", "studies/benchmark.py", ("--only", "step,bogus"), ("--only", "'bogus'")),
     Case("robustness-unknown-run", "studies/robustness.py", ("--from-run", "0123456789abcdef"),
          ("--from-run", "0123456789abcdef", "not found")),
@@ -231,3 +233,21 @@ def test_redact_and_credentials_leave_the_uri(monkeypatch):
     assert os.environ["PGPASSWORD"] == "pw"
     assert redact("postgresql+psycopg2://mlflow:pw@db/mlflow") == "postgresql+psycopg2://mlflow:***@db/mlflow"
     assert redact("http://10.0.0.5:5000") == "http://10.0.0.5:5000"
+
+
+def test_a_new_study_never_inherits_an_optuna_history(tmp_path, monkeypatch):
+    """A storage that already holds a study of this name is refused unless --resume (it would silently
+    continue that search); with --resume it is opened."""
+    import optuna
+
+    monkeypatch.syspath_prepend(str(ROOT / "studies"))  # the entry points import their _cli helper
+
+    from fsrf.errors import InputError
+    from studies.tune_lambdas import optuna_storage
+
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    optuna.create_study(study_name="s", storage=url)
+    with pytest.raises(InputError, match="already holds an Optuna study 's'"):
+        optuna_storage(url, name="s", resume=False)
+    assert optuna_storage(url, name="s", resume=True) is not None
+    assert optuna_storage(url, name="other", resume=False) is not None
