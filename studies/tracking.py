@@ -336,6 +336,44 @@ def error_reason(trial) -> str:
     return lines[-1] if lines else "trial failed (no error file)"
 
 
+class PlacementGroupReaper(tune.Callback):
+    """Removes a Ray Train trial's worker placement group once the trial has ended (driver side).
+
+    Works around ray#54305: Train V2 keeps the group reserved when Tune terminates the trial actor, so
+    on a small cluster the next Train trials wait forever. The trial's rank-0 worker reports the group's
+    id (``studies.worker.TRAIN_PG``); removing a group Train already removed is a no-op here.
+    """
+
+    def __init__(self):
+        self.groups: dict[str, str] = {}
+        self.removed = 0
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        from studies.worker import TRAIN_PG
+
+        if isinstance(result.get(TRAIN_PG), str):
+            self.groups[trial.trial_id] = result[TRAIN_PG]
+
+    def _reap(self, trial) -> None:
+        from ray._raylet import PlacementGroupID
+        from ray.util.placement_group import PlacementGroup, placement_group_table, remove_placement_group
+
+        hex_id = self.groups.pop(trial.trial_id, None)
+        if hex_id is None:
+            return
+        state = placement_group_table().get(hex_id, {}).get("state")
+        if state in (None, "REMOVED"):
+            return
+        remove_placement_group(PlacementGroup(PlacementGroupID.from_hex(hex_id)))
+        self.removed += 1
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._reap(trial)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._reap(trial)
+
+
 def study_cost(results) -> dict[str, float]:
     """Total CPU-, wall- and GPU-seconds of a study's trials (their last reports) from a Tune ResultGrid."""
     from studies.worker import COST_KEYS

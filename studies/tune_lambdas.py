@@ -217,7 +217,8 @@ def main(argv=None) -> int:
     run_config = tune.RunConfig(
         name=args.name, storage_path=str(storage), verbose=0,
         callbacks=[tracker, tracking.ProgressPrinter(args.max_epochs, metric=OBJECTIVE, name_fn=trial_name,
-                                                         total=args.num_samples * repeats)],
+                                                         total=args.num_samples * repeats)]
+        + ([tracking.PlacementGroupReaper()] if args.workers_per_trial else []),
         failure_config=tune.FailureConfig(max_failures=args.max_failures),
         # Keep several: Tune deletes old checkpoints before its (lagging) experiment state is synced, and
         # a driver killed in between resumes a trial from a deleted one (then the trial fails).

@@ -56,6 +56,7 @@ class TrialSettings:
 
 
 MANIFEST = "manifest"  # result key of a trial's first report: its manifest as JSON
+TRAIN_PG = "train_placement_group"  # result key: the hex id of a Train trial's worker placement group
 COST_KEYS = ("cost/cpu_s", "cost/wall_s", "cost/gpu_s")
 
 
@@ -171,10 +172,13 @@ def run_manifest(settings: TrialSettings, cfg: RunConfig, prep) -> dict:
                           code=settings.code, search_seed=settings.search_seed, study=settings.study)
 
 
-def reporter(send, checkpoint_cls, meter: Meter, manifest: dict | None, *, checkpoint: bool = True):
+def reporter(send, checkpoint_cls, meter: Meter, manifest: dict | None, *, checkpoint: bool = True,
+             extra: dict | None = None):
     """The ``report`` callback of ``fit``: every epoch's metrics with the trial's cost so far and a
-    checkpoint (model, optimizer, RNG, cost); the first report of a process also carries the manifest."""
+    checkpoint (model, optimizer, RNG, cost); the first report of a process also carries the manifest
+    (and ``extra``)."""
     pending = {MANIFEST: json.dumps(manifest, default=str)} if manifest is not None else {}
+    pending.update(extra or {})
 
     def report(epoch: int, metrics: dict, state) -> None:
         cost = meter.read()
@@ -188,6 +192,19 @@ def reporter(send, checkpoint_cls, meter: Meter, manifest: dict | None, *, check
             send(payload, checkpoint=checkpoint_cls.from_directory(d))
 
     return report
+
+
+def _placement_group_id() -> dict[str, str]:
+    """This Train worker's placement group, for the driver to remove when the trial ends.
+
+    Ray 2.60's Train V2 leaves a worker group's placement group reserved when Tune terminates the trial
+    actor (ASHA stopping the trial, or a trial ending) instead of the Train controller exiting on its
+    own (ray#54305): later trials then wait for CPUs that never come back. ``PlacementGroupReaper``
+    removes it."""
+    import ray.util
+
+    pg = ray.util.get_current_placement_group()
+    return {TRAIN_PG: pg.id.hex()} if pg is not None else {}
 
 
 def _index(ctx) -> int:
@@ -215,7 +232,8 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     torch.set_num_threads(settings.threads)
     rank = ray.train.get_context().get_world_rank()
     report = reporter(ray.train.report, ray.train.Checkpoint, meter,
-                      run_manifest(settings, cfg, prep) if rank == 0 else None, checkpoint=rank == 0)
+                      run_manifest(settings, cfg, prep) if rank == 0 else None, checkpoint=rank == 0,
+                      extra=_placement_group_id() if rank == 0 else None)
     fit(cfg, prep=prep, report=report, resume=resume, evaluate_test=False, log=lambda s: None)
 
 
