@@ -522,3 +522,18 @@ def test_resume_after_a_killed_driver(tmp_path):
     assert sorted(t.value for t in stored.trials) == pytest.approx(sorted(trials[BEST].to_list()))
     per_trial = pl.read_parquet(study_dir / "epochs.parquet").group_by("trial_id").agg(pl.col("epoch").sort())
     assert {t: e for t, e in per_trial.iter_rows()} == {t: list(range(1, epochs + 1)) for t in ids}
+
+
+def test_time_budget_ends_the_study_and_says_why(tmp_path):
+    """``--time-budget``: trials still running when it runs out end KILLED with the reason, none RUNNING."""
+    try:
+        proc = run_study(tmp_path, "--name", "b", "--num-samples", "4", "--max-epochs", "200", "--grace-period", "200",
+                         "--time-budget", "0.4")
+    finally:
+        reap(tmp_path, grace=10)
+    assert proc.returncode == 0, tail(proc)
+    ml = Mlflow(tmp_path, "b")
+    reasons = [r.data.tags.get("fsrf.stop_reason", "") for r in ml.children]
+    assert [r.info.run_name for r in ml.runs if r.info.status == "RUNNING"] == []
+    assert any(reason.startswith("stopped by the study's time budget") for reason in reasons), reasons
+    assert not any(reason == "completed" for reason in reasons), reasons  # 200 epochs never fit in 24 s
