@@ -205,10 +205,10 @@ def bench_ray_train(base: list[str], repeats: int) -> dict:
                             "--storage", str(work / "ray"), "--tracking-uri", f"sqlite:///{work}/mlflow.db", *sets],
                            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=600)
         except subprocess.TimeoutExpired:
-            # Seen with Ray 2.60 on 2 CPUs: a finished Train run's worker placement group stays reserved,
-            # so later trials wait for CPUs forever. Report it instead of hanging the benchmark.
+            # Before the study removed ended Train trials' placement groups (ray#54305), later trials
+            # waited for CPUs forever here; report a hang instead of hanging the benchmark.
             return {"ratio": {"median": float("nan"), "iqr": float("nan"), "n": 0},
-                    "note": "timed out after 600 s: finished Train runs kept their worker placement groups"}
+                    "note": "timed out after 600 s: Train trials waited for CPUs (placement groups not released?)"}
         with_train.append(time.perf_counter() - t)
         t = time.perf_counter()
         procs = [subprocess.Popen(f"{sys.executable} {train_script} {' '.join(sets)} --set train.epochs=3 "
