@@ -177,8 +177,13 @@ def short(value: Any) -> str:
 
 
 def run_name(trial, lr_key: str = "train.lr") -> str:
-    """Readable and deterministic: ``trial-007-lr3e-4`` (index, learning rate if searched)."""
+    """Readable and deterministic: ``trial-007-lr3e-4`` (index, learning rate if searched), with the seed
+    of a repeated configuration, ``trial-007-s1-lr3e-4``, under ``--seeds-per-config``."""
+    from studies.worker import REPEAT_INDEX, repeat_index
+
     name = f"trial-{trial_index(trial):03d}"
+    if REPEAT_INDEX in trial.config:
+        name += f"-s{repeat_index(trial.config)}"
     if lr_key in trial.config:
         name += f"-lr{short(trial.config[lr_key])}"
     return name

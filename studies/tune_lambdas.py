@@ -188,19 +188,12 @@ def main(argv=None) -> int:
 
     def trial_params(trial) -> dict:
         sampled = {k: v for k, v in trial.config.items() if "." in k}
-        index = int(trial.config.get(TRIAL_INDEX, 0))
-        return {**sampled, "seed": base_seed + index, "study.seed_index": index}
-
-    def trial_name(trial) -> str:
-        name = tracking.run_name(trial)
-        if repeats > 1:
-            head, _, tail = name.partition("-lr")
-            name = f"{head}-s{int(trial.config.get(TRIAL_INDEX, 0))}" + (f"-lr{tail}" if tail else "")
-        return name
+        return {**sampled, "seed": worker.trial_seed(base_seed, trial.config),
+                "study.seed_index": worker.repeat_index(trial.config)}
 
     tracker = tracking.TrialTracker(uri=uri, experiment_id=exp_id, parent_run_id=parent,
                                     base_params={**flatten(base), **study_params}, tags=study_tags,
-                                    max_epochs=args.max_epochs, name_fn=trial_name, params_fn=trial_params,
+                                    max_epochs=args.max_epochs, params_fn=trial_params,
                                     time_budget_s=args.time_budget * 60 if args.time_budget else None)
 
     metric, mode = (MULTI, ["max", "max"]) if args.multi_objective else (OBJECTIVE, "max")
@@ -215,7 +208,7 @@ def main(argv=None) -> int:
         time_attr="epoch", max_t=args.max_epochs, grace_period=args.grace_period, reduction_factor=3)
     run_config = tune.RunConfig(
         name=args.name, storage_path=str(storage), verbose=0,
-        callbacks=[tracker, tracking.ProgressPrinter(args.max_epochs, metric=OBJECTIVE, name_fn=trial_name,
+        callbacks=[tracker, tracking.ProgressPrinter(args.max_epochs, metric=OBJECTIVE,
                                                          total=args.num_samples * repeats)]
         + ([tracking.PlacementGroupReaper()] if args.workers_per_trial else []),
         failure_config=tune.FailureConfig(max_failures=args.max_failures),
@@ -277,9 +270,6 @@ def main(argv=None) -> int:
     return 0
 
 
-TRIAL_INDEX = "__trial_index__"  # set by Tune's Repeater: which of a configuration's seeds a trial is
-
-
 def optuna_storage(url: str, *, name: str, resume: bool):
     """The searcher's persistent Optuna storage (SQLite or PostgreSQL URL); a bad URL fails in one line,
     and so does a new study whose name the storage already holds (it would inherit that history)."""
@@ -310,7 +300,7 @@ def summarise(results, space, study_dir: Path, *, multi: bool, base_seed: int = 
     objective over seeds (or the Pareto front of trials)."""
     import polars as pl
 
-    from studies.worker import FAILED_REASON
+    from studies.worker import FAILED_REASON, trial_seed
 
     rows, epochs = [], []
     for r in results:
@@ -336,7 +326,7 @@ def summarise(results, space, study_dir: Path, *, multi: bool, base_seed: int = 
             last = {"epoch": last.get("epoch", 0), "best_epoch": last.get("best_epoch", 0)}
         error = failed or (str(r.error).splitlines()[-1][:500] if r.error else None)
         row = {"trial_id": trial_id, "status": "ERROR" if error else "TERMINATED", "error": error,
-               "seed": base_seed + int(r.config.get(TRIAL_INDEX, 0)),
+               "seed": trial_seed(base_seed, r.config),
                "epochs": int(last.get("epoch", 0) or 0), "best_epoch": int(last.get("best_epoch", 0) or 0),
                "cpu_s": last.get("cost/cpu_s"), "wall_s": last.get("cost/wall_s")}
         row.update({k: r.config.get(k) for k in space.names})

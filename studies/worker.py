@@ -52,9 +52,9 @@ class TrialSettings:
     code: dict | None = None  # the driver's git state (workers may have no checkout)
     search_seed: int | None = None
     study: dict | None = None  # study name, objective, ... for every run's manifest
-    seed_offset_key: str = "__trial_index__"  # Tune's Repeater puts the repeat index here
 
 
+REPEAT_INDEX = "__trial_index__"  # Tune's Repeater: which of a configuration's K seeds a trial is
 MANIFEST = "manifest"  # result key of a trial's first report: its manifest as JSON
 TRAIN_PG = "train_placement_group"  # result key: the hex id of a Train trial's worker placement group
 COST_KEYS = ("cost/cpu_s", "cost/wall_s", "cost/gpu_s")
@@ -79,11 +79,20 @@ class Meter:
         return {"cost/cpu_s": cpu, "cost/wall_s": wall, "cost/gpu_s": wall * self.gpus}
 
 
+def repeat_index(config: dict[str, Any]) -> int:
+    """Which of its configuration's seeds a trial is (0 unless ``--seeds-per-config`` > 1)."""
+    return int(config.get(REPEAT_INDEX, 0))
+
+
+def trial_seed(base_seed: int, config: dict[str, Any]) -> int:
+    """A trial's training seed: the sampled (else the base) seed plus its repeat index."""
+    return int(config.get("seed", base_seed)) + repeat_index(config)
+
+
 def trial_config(settings: TrialSettings, sampled: dict[str, Any]) -> RunConfig:
-    """The run config of a trial: the base, the sampled values, and the trial's seed (the base seed plus
-    the repeat index when each configuration is trained with several seeds)."""
-    flat = {**settings.base, **{k: v for k, v in sampled.items() if "." in k or k == "seed"}}
-    flat["seed"] = int(flat.get("seed", 0)) + int(sampled.get(settings.seed_offset_key, 0))
+    """The run config of a trial: the base, the sampled values, and the trial's seed (``trial_seed``)."""
+    flat = {**settings.base, **{k: v for k, v in sampled.items() if "." in k}}
+    flat["seed"] = trial_seed(int(settings.base.get("seed", 0)), sampled)
     flat["train.epochs"] = settings.max_epochs
     flat["train.threads"] = settings.threads
     flat["train.use_gpu"] = settings.use_gpu
