@@ -13,7 +13,6 @@ import datetime as dt
 import html
 import json
 import math
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -692,15 +691,9 @@ def cost_section(rep: Report, config: load.StudyConfig | None, study: load.Tunin
 
 def software_versions() -> dict[str, str]:
     """Versions of the installed packages (from their metadata, without importing torch or ray)."""
-    from importlib import metadata
+    from fsrf.manifest import package_versions
 
-    out = {"python": sys.version.split()[0]}
-    for name in VERSIONED:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = "not installed"
-    return out
+    return package_versions(VERSIONED)
 
 
 CSS = """

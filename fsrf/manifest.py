@@ -51,13 +51,14 @@ def code_state(root: str | Path = ROOT) -> dict[str, Any]:
     return {"commit": commit, "dirty": dirty}
 
 
-def package_versions() -> dict[str, str]:
+def package_versions(names=PACKAGES) -> dict[str, str]:
+    """Python's and the named distributions' versions, from their metadata (nothing is imported)."""
     out = {"python": platform.python_version()}
-    for name in PACKAGES:
+    for name in names:
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
-            out[name] = "absent"
+            out[name] = "not installed"
     return out
 
 

@@ -129,16 +129,23 @@ def tuning_trials(n: int = 30, seed: int = 0) -> pl.DataFrame:
     })
 
 
+def new_store(tmp_path_factory, folder: str, experiment: str, parent_name: str):
+    """A fresh SQLite MLflow store with one experiment and its robustness parent run:
+    (root folder, URI, client, experiment id, parent run id)."""
+    from mlflow.tracking import MlflowClient
+
+    root = tmp_path_factory.mktemp(folder)
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    exp_id = client.create_experiment(experiment, artifact_location=(root / "artifacts").as_uri())
+    parent = client.create_run(exp_id, run_name=parent_name, tags={"fsrf.role": "robustness"}).info.run_id
+    return root, uri, client, exp_id, parent
+
+
 @pytest.fixture(scope="session")
 def study(tmp_path_factory):
     """The MLflow store, runs.parquet and a tuning study folder: ids, paths and the run table."""
-    from mlflow.tracking import MlflowClient
-
-    root = tmp_path_factory.mktemp("study")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    client = MlflowClient(tracking_uri=uri)
-    exp_id = client.create_experiment("robust-test", artifact_location=(root / "artifacts").as_uri())
-    parent = client.create_run(exp_id, run_name="robustness-test", tags={"fsrf.role": "robustness"}).info.run_id
+    root, uri, client, exp_id, parent = new_store(tmp_path_factory, "study", "robust-test", "robustness-test")
     client.log_param(parent, "study.seeds", "3")
     client.log_param(parent, "study.variants", ",".join(VARIANTS))
     rows = []
@@ -210,13 +217,8 @@ def text_run_values(variant: str, seed: int) -> dict[str, float]:
 @pytest.fixture(scope="session")
 def text_study(tmp_path_factory):
     """A text-only robustness study in its own MLflow store (ids and path)."""
-    from mlflow.tracking import MlflowClient
-
-    root = tmp_path_factory.mktemp("text-study")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    client = MlflowClient(tracking_uri=uri)
-    exp_id = client.create_experiment("mosi-text", artifact_location=(root / "artifacts").as_uri())
-    parent = client.create_run(exp_id, run_name="robustness-mosi-text", tags={"fsrf.role": "robustness"}).info.run_id
+    root, uri, client, exp_id, parent = new_store(tmp_path_factory, "text-study", "mosi-text",
+                                                  "robustness-mosi-text")
     client.log_param(parent, "study.variants", ",".join(TEXT_VARIANTS))
     for k, v in TEXT_PARAMS.items():
         client.log_param(parent, f"base.{k}", v)
