@@ -27,9 +27,16 @@ from typing import Any
 
 from fsrf.config import RunConfig, build_config, flatten, unflatten
 from fsrf.errors import InputError
+from fsrf.protocol import SELECTION_RULE
 
 SCHEMA = "fsrf.manifest/1"
-SELECTION_RULE = "epoch with the best val/Non0_F1_score/objective (one rule for every seed and metric)"
+# Run roles (tag ``fsrf.role``): what an MLflow run of this platform is. Written by ``studies/``, read by
+# ``analysis/`` to find a study's runs.
+ROLE_TAG = "fsrf.role"
+ROLE_STUDY = "study"  # a tuning study's parent run
+ROLE_TRIAL = "trial"  # one of its trials
+ROLE_ROBUSTNESS = "robustness"  # a robustness study's parent run
+ROLE_ROBUSTNESS_RUN = "robustness-run"  # one variant x seed of it
 PACKAGES = ("torch", "numpy", "transformers", "pot", "scikit-learn", "polars", "ray", "mlflow", "optuna", "pydantic")
 ROOT = Path(__file__).resolve().parents[1]
 
