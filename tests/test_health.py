@@ -1,0 +1,114 @@
+"""fsrf.health against small cases computed by hand, plus the masks and the plan from fsrf.losses."""
+
+import math
+
+import pytest
+import torch
+
+from fsrf.health import das_paired_mass, grad_shares, he_ho_cos, ho_agreement, log_names, noise_rank, noise_var
+from fsrf.losses import sinkhorn_plan
+
+
+def t(x):
+    return torch.tensor(x, dtype=torch.float64)
+
+
+def randn(*shape, seed=0):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def test_noise_var_hand_case_and_present_mask():
+    # l: rows 0, 1, 2 -> dim 0 values 0, 1, 2 (variance 1), dim 1 constant (0): mean 0.5
+    # a: row 3 is absent (a huge value that must not count); rows 0-2 -> dim 0: 0, 0, 3 (variance 3), dim 1 0
+    noise = torch.zeros(4, 2, 2, dtype=torch.float64)
+    noise[:3, 0, 0] = t([0.0, 1.0, 2.0])
+    noise[:, 1, 0] = t([0.0, 0.0, 3.0, 1e6])
+    present = torch.tensor([[1, 1], [1, 1], [1, 1], [0, 0]], dtype=torch.bool)
+    assert noise_var(noise, present) == {"l": pytest.approx(0.5), "a": pytest.approx(1.5)}
+    # a modality present once has no variance and is left out
+    once = torch.tensor([[1, 1], [1, 0], [1, 0], [0, 0]], dtype=torch.bool)
+    assert set(noise_var(noise, once)) == {"l"}
+
+
+def test_noise_rank_hand_cases():
+    d = 4
+    # rows +-e_k: the covariance is a multiple of I exactly, so rank D
+    basis = torch.eye(d, dtype=torch.float64)
+    iso = torch.cat([basis, -basis]).unsqueeze(1)  # (8, 1, D)
+    assert noise_rank(iso)["l"] == pytest.approx(d, rel=1e-12)
+    # points on one line (not through the origin): rank 1
+    line = (t([1.0, 2.0, 3.0, 4.0]) + torch.linspace(-2, 3, 7, dtype=torch.float64).unsqueeze(1) * t([1.0, -1.0, 0.5, 2.0]))
+    assert noise_rank(line.unsqueeze(1))["l"] == pytest.approx(1.0, rel=1e-9)
+    # two orthogonal directions with variances 3 : 1 -> p = (3/4, 1/4), rank exp(H(p))
+    two = torch.zeros(4, 1, d, dtype=torch.float64)
+    two[:, 0, 0] = t([3.0, -3.0, 0.0, 0.0])
+    two[:, 0, 1] = t([0.0, 0.0, math.sqrt(3), -math.sqrt(3)])
+    expected = math.exp(-(0.75 * math.log(0.75) + 0.25 * math.log(0.25)))
+    assert noise_rank(two)["l"] == pytest.approx(expected, rel=1e-12)
+    # collapsed: no direction, rank 0; and the P < D path (Gram) agrees with the D x D path
+    assert noise_rank(torch.ones(5, 1, d, dtype=torch.float64))["l"] == 0.0
+    wide = randn(6, 1, 20, seed=1)
+    centred = wide[:, 0] - wide[:, 0].mean(0)
+    eig = torch.linalg.eigvalsh(centred.T @ centred).clamp(min=0)
+    p = eig / eig.sum()
+    assert noise_rank(wide)["l"] == pytest.approx(math.exp(-float(torch.special.xlogy(p, p).sum())), rel=1e-9)
+
+
+def test_ho_agreement_hand_cases():
+    # sample i has all modalities along e_i: within-sample cosine 1, across samples 0 -> 1
+    specific = torch.eye(3, dtype=torch.float64).unsqueeze(1).expand(3, 3, 3).clone()
+    assert ho_agreement(specific) == pytest.approx(1.0, abs=1e-12)
+    # one constant vector everywhere: agrees within and across samples alike -> 0
+    assert ho_agreement(torch.ones(4, 3, 5, dtype=torch.float64)) == pytest.approx(0.0, abs=1e-12)
+    # absent rows do not count: make sample 0's v point elsewhere and mark it absent
+    spoiled = specific.clone()
+    spoiled[0, 2] = t([0.0, 0.0, -1.0])
+    present = torch.ones(3, 3, dtype=torch.bool)
+    present[0, 2] = False
+    assert ho_agreement(spoiled, present) == pytest.approx(1.0, abs=1e-12)
+    # within: pairs (l,a), (a,l) of sample 0 at cosine 1 and the 6 pairs of samples 1, 2 at 1; so 1.
+    # across: cosines with the spoiled row: -1 against sample 2's rows (e_3), 0 against sample 1's.
+    assert ho_agreement(spoiled) < 1.0
+    assert math.isnan(ho_agreement(randn(3, 1, 4)))  # one modality: no pair
+
+
+def test_he_ho_cos_hand_case():
+    ho = t([[[1.0, 0.0], [1.0, 0.0]], [[0.0, 1.0], [1.0, 1.0]]])  # (B 2, M 2, D 2)
+    he = t([[[0.0, 1.0], [-1.0, 0.0]], [[0.0, -2.0], [1.0, 0.0]]])
+    # l: |cos| 0 and 1 -> 0.5; a: |cos| 1 and 1/sqrt 2
+    assert he_ho_cos(he, ho) == {"l": pytest.approx(0.5), "a": pytest.approx((1 + 1 / math.sqrt(2)) / 2)}
+    present = torch.tensor([[1, 1], [0, 1]], dtype=torch.bool)
+    assert he_ho_cos(he, ho, present) == {"l": pytest.approx(0.0), "a": pytest.approx((1 + 1 / math.sqrt(2)) / 2)}
+
+
+def test_das_paired_mass_hand_cases_and_a_sinkhorn_plan():
+    b = 8
+    assert das_paired_mass(torch.full((b, b), 1 / b**2, dtype=torch.float64)) == pytest.approx(1.0)
+    assert das_paired_mass(torch.eye(b, dtype=torch.float64) / b) == pytest.approx(b)
+    # paired views: small eps pairs (close to B), huge eps is the uniform plan (close to 1)
+    zp = randn(b, 6, seed=2)
+    zq = zp + 0.1 * randn(b, 6, seed=3)
+    assert das_paired_mass(sinkhorn_plan(zp, zq, 1e-1)) > 0.99 * b
+    assert das_paired_mass(sinkhorn_plan(zp, zq, 1e6)) == pytest.approx(1.0, rel=1e-4)
+    with pytest.raises(ValueError, match="plan"):
+        das_paired_mass(torch.ones(3, 4))
+
+
+def test_grad_shares_hand_case():
+    """L1 = 3 w.x and L2 = |w|^2 at w = (1, 0), x = (0, 4): gradients 3x = (0, 12) and 2w = (2, 0);
+    norms 12 and 2 -> shares 12/14 and 2/14. A term that does not reach w gets 0."""
+    w = t([1.0, 0.0]).requires_grad_()
+    other = t([5.0]).requires_grad_()
+    x = t([0.0, 4.0])
+    terms = {"one": 3 * (w * x).sum(), "two": w.pow(2).sum(), "elsewhere": other.sum() * 2}
+    shares = grad_shares(terms, [w])
+    assert shares == {"one": pytest.approx(12 / 14), "two": pytest.approx(2 / 14), "elsewhere": 0.0}
+    assert w.grad is None  # no .grad touched
+    sum(terms.values()).backward()  # the graph is still there for the training step
+    assert torch.equal(w.grad, t([2.0, 12.0]))
+    assert grad_shares({"const": t(1.0)}, [w]) == {"const": 0.0}
+
+
+def test_log_names():
+    assert log_names("noise_var", {"l": 1.0, "a": 3.0}) == {"noise_var": 2.0, "noise_var/l": 1.0, "noise_var/a": 3.0}
+    assert log_names("noise_var", {}) == {}
