@@ -3,7 +3,8 @@ and ``probe``; each is saved as PNG and SVG.
 
 Figures are built as ``matplotlib.figure.Figure`` objects, not through ``pyplot``: no global figure
 registry to leak memory in a long session and no GUI backend to pick; PNGs render with Agg.
-A variant keeps its colour in every figure.
+A variant keeps its colour and line style in every figure (``color``, ``linestyle``: from its entry in
+``fsrf.variants``).
 """
 
 from __future__ import annotations
@@ -15,27 +16,30 @@ import numpy as np
 import polars as pl
 from matplotlib.figure import Figure
 
-from analysis.load import RIDGE, VARIANT_ORDER, ordered_variants
-from analysis.robustness import MODALITY_NAMES
+from analysis.robustness import MODALITY_NAMES, is_closed_form
 from analysis.tables import PERCENT, condition_label, variant_name
+from fsrf import variants
+from fsrf.protocol import HEADLINE
 
 _COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#7f7f7f", "#ff7f0e", "#8c564b", "#e377c2")
-_FIXED = 5  # the first five variants of VARIANT_ORDER take the first five colours
-RIDGE_COLOR = "#4d4d4d"  # the simplest baseline: dark grey (late fusion is the lighter grey), dotted
 REFERENCE_COLORS = ("#000000", "#8c564b", "#e377c2")  # the paper's values, in PAPER_L order
 DPI = 110
 
 
 def color(variant: str) -> str:
-    # Not hash(): str hashes are salted per process and a variant must keep its colour between reports.
-    if variant == RIDGE:
-        return RIDGE_COLOR
-    i = VARIANT_ORDER.index(variant) if variant in VARIANT_ORDER[:_FIXED] else _FIXED + sum(map(ord, variant)) % 3
-    return _COLORS[i]
+    """A variant's colour: its entry's ``color`` in ``fsrf.variants``, else the palette colour at its position
+    in VARIANTS. A variant not in VARIANTS takes one of the palette colours that no entry holds by position,
+    chosen from its name's characters: not hash(), whose str hashes are salted per process, since a variant
+    must keep its colour between reports."""
+    if variant in variants.BY_NAME:
+        return variants.BY_NAME[variant].color or _COLORS[variants.NAMES.index(variant) % len(_COLORS)]
+    free = [c for i, c in enumerate(_COLORS) if i >= len(variants.VARIANTS) or variants.VARIANTS[i].color]
+    free = free or list(_COLORS)
+    return free[sum(map(ord, variant)) % len(free)]
 
 
 def linestyle(variant: str) -> str:
-    return ":" if variant == RIDGE else "-"
+    return variants.BY_NAME[variant].linestyle if variant in variants.BY_NAME else "-"
 
 
 def _scale(metric: str) -> tuple[float, str]:
@@ -74,15 +78,17 @@ def mark_max_training_rate(ax, marks: dict[str, float] | None, *, colors: dict[s
                    gid=f"max-training-rate:{rate:g}")
 
 
-def curves_figure(curves: pl.DataFrame, *, metric: str = "Non0_F1_score", unk: pl.DataFrame | None = None,
+def curves_figure(curves: pl.DataFrame, *, metric: str = HEADLINE, unk: pl.DataFrame | None = None,
                   references: dict[str, float] | None = None, max_rates: dict[str, float] | None = None) -> Figure:
     """Fig. 2: score against the intra-modality missing ratio p, mean over seeds with a +-1 std band.
 
-    ``curves`` are the zeroed-state curves (``robustness.curves``), solid; the ridge baseline dotted and
-    grey. ``unk``, when given, are the [UNK]-id word-drop curves (``kind="unk"``), dashed in the
-    variant's colour. ``references`` (label -> value, fractions like the curves) are drawn as short
-    horizontal marks at p = 0: the paper's numbers, context only. ``max_rates`` (variant -> rate) marks
-    the training schedule's largest rate of the variants drawn (``mark_max_training_rate``).
+    ``curves`` are the zeroed-state curves (``robustness.curves``), each in its variant's colour and
+    ``linestyle`` (``fsrf.variants``; the ridge baseline: dark grey, dotted), a closed-form variant
+    labelled "simplest baseline". ``unk``, when given, are the [UNK]-id word-drop curves
+    (``kind="unk"``), dashed in the variant's colour. ``references`` (label -> value, fractions like the
+    curves) are drawn as short horizontal marks at p = 0: the paper's numbers, context only. ``max_rates``
+    (variant -> rate) marks the training schedule's largest rate of the variants drawn
+    (``mark_max_training_rate``).
     """
     scale, ylabel = _scale(metric)
     two_ways = unk is not None and unk.height > 0
@@ -90,12 +96,12 @@ def curves_figure(curves: pl.DataFrame, *, metric: str = "Non0_F1_score", unk: p
     ax = fig.subplots()
     sets = [(curves, "zeroed states", None)] + ([(unk, "[UNK] ids", "--")] if two_ways else [])
     for frame, how, style in sets:
-        for variant in ordered_variants(frame["variant"].to_list()):
+        for variant in variants.ordered(frame["variant"].to_list()):
             c = frame.filter(pl.col("variant") == variant).sort("p")
             p, m = c["p"].to_numpy(), c["mean"].to_numpy() * scale
             s = c["std"].fill_null(0.0).to_numpy() * scale
             n = c["n"][0]
-            name = variant_name(variant) + (", simplest baseline" if variant == RIDGE else "")
+            name = variant_name(variant) + (", simplest baseline" if is_closed_form(variant) else "")
             label = f"{name}{': ' + how if two_ways else ''} (n={n})"
             ax.plot(p, m, marker="o" if style is None else "s", ms=3.5, color=color(variant),
                     ls=style or linestyle(variant), label=label, gid=f"curve:{variant}:{how}")
@@ -124,7 +130,7 @@ MODALITY_COLORS = {"l": "#1f77b4", "a": "#d62728", "v": "#2ca02c"}
 MODALITY_MARKERS = {"l": "o", "a": "s", "v": "^"}
 
 
-def modality_curves_figure(curves: pl.DataFrame, *, metric: str = "Non0_F1_score",
+def modality_curves_figure(curves: pl.DataFrame, *, metric: str = HEADLINE,
                            max_rates: dict[str, dict[str, float]] | None = None) -> Figure:
     """Per-modality missingness: one panel per variant, one line per modality, the score when only that
     modality loses frames at ratio p (the others complete), mean over seeds with a +-1 std band.
@@ -134,12 +140,12 @@ def modality_curves_figure(curves: pl.DataFrame, *, metric: str = "Non0_F1_score
     (one line when the modalities share it).
     """
     scale, ylabel = _scale(metric)
-    variants = ordered_variants(curves["variant"].to_list())
-    cols = min(len(variants), 3)
-    rows = math.ceil(len(variants) / cols)
+    names = variants.ordered(curves["variant"].to_list())
+    cols = min(len(names), 3)
+    rows = math.ceil(len(names) / cols)
     fig = Figure(figsize=(3.7 * cols + 0.6, 3.2 * rows + 0.7), layout="constrained")
     axes = fig.subplots(rows, cols, sharex=True, sharey=True, squeeze=False).ravel()
-    for ax, variant in zip(axes, variants):
+    for ax, variant in zip(axes, names):
         mine = curves.filter(pl.col("variant") == variant)
         for m in MODALITY_NAMES:
             c = mine.filter(pl.col("modality") == m).sort("p")
@@ -158,7 +164,7 @@ def modality_curves_figure(curves: pl.DataFrame, *, metric: str = "Non0_F1_score
         ax.set_xlim(-0.02, 1.02)
         ax.grid(alpha=0.3)
         ax.legend(frameon=False, fontsize=7)
-    for ax in axes[len(variants):]:
+    for ax in axes[len(names):]:
         ax.set_visible(False)
     fig.supxlabel("missing ratio p of one modality, the other two complete (p = 0: complete modalities)",
                   fontsize=9)
@@ -172,16 +178,16 @@ def table1_figure(t1: pl.DataFrame) -> Figure:
     metric = t1["metric"][0]
     scale, ylabel = _scale(metric)
     conds = list(dict.fromkeys(t1["condition"].to_list()))
-    variants = ordered_variants(t1["variant"].to_list())
-    width = 0.8 / max(1, len(variants))
+    names = variants.ordered(t1["variant"].to_list())
+    width = 0.8 / max(1, len(names))
     fig = Figure(figsize=(max(5.0, 1.0 + 0.9 * len(conds)), 3.8), layout="constrained")
     ax = fig.subplots()
     x = np.arange(len(conds))
-    for i, variant in enumerate(variants):
+    for i, variant in enumerate(names):
         rows = {r["condition"]: r for r in t1.filter(pl.col("variant") == variant).iter_rows(named=True)}
         means = [rows[c]["mean"] * scale if c in rows else math.nan for c in conds]
         stds = [(rows[c]["std"] or 0.0) * scale if c in rows else 0.0 for c in conds]
-        ax.bar(x + (i - (len(variants) - 1) / 2) * width, means, width, yerr=stds, capsize=2,
+        ax.bar(x + (i - (len(names) - 1) / 2) * width, means, width, yerr=stds, capsize=2,
                color=color(variant), label=variant_name(variant))
     top = float(np.nanmax([(r["mean"] + (r["std"] or 0.0)) * scale for r in t1.iter_rows(named=True)]))
     ax.set_ylim(0, top * 1.06)  # room for the error bars of the best bar
@@ -189,7 +195,7 @@ def table1_figure(t1: pl.DataFrame) -> Figure:
     ax.set_ylabel(ylabel)
     ax.set_xlabel("test condition (present modalities)")
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(frameon=False, fontsize=8, ncols=min(len(variants), 5), loc="lower center",
+    ax.legend(frameon=False, fontsize=8, ncols=min(len(names), 5), loc="lower center",
               bbox_to_anchor=(0.5, 1.0))
     return fig
 
@@ -263,7 +269,7 @@ def embedding_figure(embeddings: dict[str, np.ndarray], labels: np.ndarray, *, m
     return fig
 
 
-def overlap_figure(study: pl.DataFrame, *, metric: str = "Non0_F1_score") -> Figure:
+def overlap_figure(study: pl.DataFrame, *, metric: str = HEADLINE) -> Figure:
     """Overlap study: FSRF's avg_missing score (mean +- std) against the MRM overlap setting; the
     independent-views runs (overlap None), when present, as a horizontal reference band."""
     scale, ylabel = _scale(metric)

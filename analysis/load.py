@@ -7,7 +7,8 @@ and the same numbers in ``runs.parquet``. Both readers return the *wide* table
     run_id | variant | seed | overlap | test/<metric>/<condition> ...
 
 one row per child run, ``overlap`` null where the views were drawn independently (``missing.overlap``
-= "None"), rows ordered by variant (FSRF first, the baselines late fusion and ridge last) then seed. Everything
+= "None"), rows ordered by variant (the order of ``fsrf.variants.VARIANTS``: FSRF first, the baselines
+last) then seed. Everything
 downstream takes this table. Missing or empty input raises ``fsrf.errors.InputError`` naming the run
 or file, which the report turns into ``error: <one line>`` and exit code 2.
 """
@@ -23,26 +24,14 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from fsrf import variants
 from fsrf.errors import InputError
+from fsrf.manifest import ROLE_ROBUSTNESS, ROLE_ROBUSTNESS_RUN, ROLE_TAG
+from fsrf.protocol import BEST_OBJECTIVE
 
 KEYS = ("run_id", "variant", "seed", "overlap")
-VARIANT_ORDER = ("fsrf", "no_dhf", "no_das", "no_noise", "late_fusion", "ridge")
-BASELINE = "late_fusion"  # the complete-modality method, trained without MRM
-RIDGE = "ridge"  # ridge regression on the frozen mean-pooled word states: the simplest text baseline
-BASELINES = (BASELINE, RIDGE)  # compared with FSRF, but not ablations of it (left out of Table II)
-PARENT_ROLE, CHILD_ROLE = "robustness", "robustness-run"
-OBJECTIVE = "best/val/Non0_F1_score/objective"  # the tuning study's objective column
 REPRESENTATIONS = "representations.npz"
 _KEY_SCHEMA = {"run_id": pl.String, "variant": pl.String, "seed": pl.Int64, "overlap": pl.Float64}
-
-
-def variant_rank(name: str) -> float:
-    """Sort key that puts FSRF first and the baselines last, unknown variants just before the baselines."""
-    return float(VARIANT_ORDER.index(name)) if name in VARIANT_ORDER else VARIANT_ORDER.index(BASELINES[0]) - 0.5
-
-
-def ordered_variants(names) -> list[str]:
-    return sorted(set(names), key=lambda v: (variant_rank(v), v))
 
 
 def metric_columns(df: pl.DataFrame, split: str = "test") -> list[str]:
@@ -61,8 +50,8 @@ def _finish(df: pl.DataFrame, where: str) -> pl.DataFrame:
         raise InputError(where, None, "no test/<metric>/<condition> columns")
     df = df.with_columns([pl.col(k).cast(t) for k, t in _KEY_SCHEMA.items()]
                          + [pl.col(c).cast(pl.Float64) for c in metrics])
-    ranks = {v: variant_rank(v) for v in df["variant"].drop_nulls().unique().to_list()}
-    rank = pl.col("variant").replace_strict(ranks, default=float(len(VARIANT_ORDER)), return_dtype=pl.Float64)
+    ranks = {v: variants.rank(v) for v in df["variant"].drop_nulls().unique().to_list()}
+    rank = pl.col("variant").replace_strict(ranks, default=float(len(variants.VARIANTS)), return_dtype=pl.Float64)
     return (df.select([*KEYS, *sorted(metrics)])
             .sort([rank, "variant", "overlap", "seed"], nulls_last=False))
 
@@ -102,17 +91,17 @@ def _parent(client, parent_run_id: str, tracking_uri: str):
         run = client.get_run(parent_run_id)
     except MlflowException:
         raise InputError("--robustness-run", None, f"run {parent_run_id} not found in {tracking_uri}") from None
-    role = run.data.tags.get("fsrf.role")
-    if role != PARENT_ROLE:
+    role = run.data.tags.get(ROLE_TAG)
+    if role != ROLE_ROBUSTNESS:
         raise InputError("--robustness-run", None, f"run {parent_run_id} is not a robustness study parent "
-                                                   f"(tag fsrf.role={role!r}, expected {PARENT_ROLE!r})")
+                                                   f"(tag {ROLE_TAG}={role!r}, expected {ROLE_ROBUSTNESS!r})")
     return run
 
 
 def _children(client, parent) -> list:
     """FINISHED child runs of a robustness parent; failed or killed seeds are left out, not averaged."""
     query = (f"tags.mlflow.parentRunId = '{parent.info.run_id}' and attributes.status = 'FINISHED' "
-             f"and tags.`fsrf.role` = '{CHILD_ROLE}'")
+             f"and tags.`{ROLE_TAG}` = '{ROLE_ROBUSTNESS_RUN}'")
     runs, token = [], None
     while True:
         page = client.search_runs([parent.info.experiment_id], filter_string=query, max_results=1000,
@@ -146,7 +135,7 @@ def runs_from_mlflow(tracking_uri: str, parent_run_id: str) -> pl.DataFrame:
         rows.append(row)
     if not rows:
         raise InputError("--robustness-run", None, f"run {parent_run_id} has no FINISHED child runs "
-                                                   f"tagged fsrf.role={CHILD_ROLE}")
+                                                   f"tagged {ROLE_TAG}={ROLE_ROBUSTNESS_RUN}")
     return _finish(pl.DataFrame(rows, infer_schema_length=None), f"run {parent_run_id}")
 
 
@@ -187,7 +176,7 @@ def study_config(tracking_uri: str, parent_run_id: str) -> StudyConfig:
                      **{k: m.get(k) for k in ("cost/cpu_s", "cost/wall_s", "cost/gpu_s", "best/epoch")},
                      **{short: run.data.tags.get(tag) for tag, short in MANIFEST_TAGS.items()}})
     per_variant = {}
-    for variant in ordered_variants(seen):
+    for variant in variants.ordered(seen):
         per_variant[variant] = {
             k: next(iter(vals)) if len(vals) == 1 else "varies: " + ", ".join(sorted(vals, key=_numeric_first))
             for k, vals in sorted(seen[variant].items())}
@@ -246,7 +235,7 @@ def representations_from_mlflow(tracking_uri: str, parent_run_id: str) -> list[R
             found.append(Representations(
                 run_id=run.info.run_id, variant=run.data.tags.get("fsrf.variant") or run.data.params.get("variant"),
                 seed=int(seed) if seed not in (None, "None") else None, arrays=load_npz(local)))
-    return sorted(found, key=lambda r: (variant_rank(r.variant), r.seed if r.seed is not None else -1))
+    return sorted(found, key=lambda r: (variants.rank(r.variant), r.seed if r.seed is not None else -1))
 
 
 def _find_artifact(client, run_id: str, name: str) -> str | None:
@@ -348,7 +337,7 @@ def trials_from_study(study_dir: str | Path) -> TuningStudy:
     trials = pl.read_parquet(path)
     if trials.height == 0:
         raise InputError(str(path), None, "no trials (the table is empty)")
-    for col in ("trial_id", OBJECTIVE):
+    for col in ("trial_id", BEST_OBJECTIVE):
         if col not in trials.columns:
             raise InputError(str(path), None, f"missing column {col}")
     params = param_columns(trials)

@@ -13,8 +13,10 @@ The folder is written under a temporary name and renamed at the end, so a failur
 half-written report; an existing report of the same name is replaced. Unless ``--no-log``, the folder
 is logged as the artifact folder ``report/`` of the robustness parent run.
 
-Sections whose input is missing (no ``--study-dir``, no ``representations.npz``, no overlap sweep,
-text-only data) are replaced by a one-line note. Text-only studies (``data.source=transcripts``) get both
+The page's sections are written by ``analysis/sections.py`` (one function each, called in order by
+``write_report``; a new section is an edit of that file alone). Sections whose input is missing (no
+``--study-dir``, no ``representations.npz``, no overlap sweep, text-only data) are replaced by a
+one-line note. Text-only studies (``data.source=transcripts``) get both
 word-drop curves when the runs carry ``unk_*`` (``eval.unk_curve``), the ``ridge`` baseline line, one
 note on what needs two or more modalities, and, when the runs' ``data.name`` is mosi or mosei (read from
 MLflow, so not with ``--runs-parquet`` alone), the paper's Table I ``{l}`` values as labelled references.
@@ -34,8 +36,8 @@ if str(ROOT) not in sys.path:  # run as `python analysis/report.py` from a check
 
 from analysis import load  # noqa: E402
 from fsrf.errors import InputError, run_main  # noqa: E402
+from fsrf.protocol import HEADLINE  # noqa: E402
 
-HEADLINE = "Non0_F1_score"
 METRICS = ("Non0_F1_score", "Non0_acc_2", "Has0_F1_score", "Has0_acc_2", "Mult_acc_5", "Mult_acc_7", "MAE", "Corr")
 
 

@@ -25,11 +25,12 @@ import math
 import numpy as np
 import polars as pl
 
-from analysis.load import BASELINE, RIDGE, ordered_variants
 from analysis.tables import complete_condition
-from fsrf import MODALITIES
+from fsrf import MODALITIES, variants
 from fsrf.metrics import effective_robustness, minmax_normalise, relative_robustness
 from fsrf.missing import INTRA_POINTS, Schedule, intra_name, modality_name
+from fsrf.protocol import HEADLINE
+from fsrf.variants import ROBUSTNESS_BASELINE
 
 P_GRID = (0.0, *INTRA_POINTS)  # the 11 points of a curve
 # The two ways to lose a word: ``intra_p`` zeroes the dropped tokens' encoder states (cache-friendly, the
@@ -48,13 +49,13 @@ def point_name(kind: str, p: float) -> str:
     return intra_name(p) if kind == "intra" else f"unk_{p}"
 
 
-def curve_columns(df: pl.DataFrame, metric: str = "Non0_F1_score", kind: str = "intra") -> list[str]:
+def curve_columns(df: pl.DataFrame, metric: str = HEADLINE, kind: str = "intra") -> list[str]:
     """The wide table's columns of the 11 curve points, p = 0 first (the same f(0) for both kinds)."""
     return [f"test/{metric}/{complete_condition(df, metric)}"] + [f"test/{metric}/{point_name(kind, p)}"
                                                                   for p in INTRA_POINTS]
 
 
-def has_curve(df: pl.DataFrame, metric: str = "Non0_F1_score", kind: str = "intra") -> bool:
+def has_curve(df: pl.DataFrame, metric: str = HEADLINE, kind: str = "intra") -> bool:
     """Whether some run has all 11 points of this kind of curve."""
     cols = curve_columns(df, metric, kind)
     if any(c not in df.columns for c in cols):
@@ -63,7 +64,7 @@ def has_curve(df: pl.DataFrame, metric: str = "Non0_F1_score", kind: str = "intr
     return bool(np.isfinite(x).all(axis=1).any())
 
 
-def seed_curves(df: pl.DataFrame, metric: str = "Non0_F1_score", kind: str = "intra") -> dict[str, np.ndarray]:
+def seed_curves(df: pl.DataFrame, metric: str = HEADLINE, kind: str = "intra") -> dict[str, np.ndarray]:
     """Per variant, the (n_seeds, 11) curves of the runs that have all 11 points (others are skipped:
     a curve with a hole has no area; a variant without any, such as ridge for ``unk``, is absent)."""
     cols = curve_columns(df, metric, kind)
@@ -71,7 +72,7 @@ def seed_curves(df: pl.DataFrame, metric: str = "Non0_F1_score", kind: str = "in
     if missing:
         raise ValueError(f"the runs lack curve column(s) {', '.join(missing)}")
     out = {}
-    for variant in ordered_variants(df["variant"].to_list()):
+    for variant in variants.ordered(df["variant"].to_list()):
         x = df.filter(pl.col("variant") == variant).select(cols).to_numpy().astype(np.float64)  # (n, 11)
         x = x[np.isfinite(x).all(axis=1)]
         if len(x):
@@ -79,7 +80,7 @@ def seed_curves(df: pl.DataFrame, metric: str = "Non0_F1_score", kind: str = "in
     return out
 
 
-def curves(df: pl.DataFrame, metric: str = "Non0_F1_score", kind: str = "intra") -> pl.DataFrame:
+def curves(df: pl.DataFrame, metric: str = HEADLINE, kind: str = "intra") -> pl.DataFrame:
     """Mean and std (ddof=1; null with a single seed) over seeds of f(p), per variant and p.
 
     Columns: variant, p, mean, std, n. Pass ``main_runs(df)`` when the runs include an overlap sweep.
@@ -99,7 +100,7 @@ def _mean_std(values: list[float]) -> tuple[float, float | None]:
     return float(a.mean()), (float(a.std(ddof=1)) if a.size > 1 else None)
 
 
-def robustness_summary(df: pl.DataFrame, metric: str = "Non0_F1_score", *, baseline: str = BASELINE,
+def robustness_summary(df: pl.DataFrame, metric: str = HEADLINE, *, baseline: str = ROBUSTNESS_BASELINE,
                        kind: str = "intra") -> pl.DataFrame:
     """Per variant: area under the curve and effective robustness, raw and (>= 3 variants) normalised.
 
@@ -141,12 +142,12 @@ def robustness_summary(df: pl.DataFrame, metric: str = "Non0_F1_score", *, basel
     return out
 
 
-def modality_kinds(df: pl.DataFrame, metric: str = "Non0_F1_score") -> list[str]:
+def modality_kinds(df: pl.DataFrame, metric: str = HEADLINE) -> list[str]:
     """The per-modality curve kinds (``intra_l``, ``intra_a``, ``intra_v``) that some run has whole."""
     return [kind for kind in MODALITY_KINDS if has_curve(df, metric, kind)]
 
 
-def modality_curves(df: pl.DataFrame, metric: str = "Non0_F1_score") -> pl.DataFrame:
+def modality_curves(df: pl.DataFrame, metric: str = HEADLINE) -> pl.DataFrame:
     """``curves`` of each per-modality kind the runs have, stacked with a ``modality`` column (l, a, v).
 
     Columns: variant, modality, p, mean, std, n; empty (same columns) when no run has one.
@@ -158,7 +159,7 @@ def modality_curves(df: pl.DataFrame, metric: str = "Non0_F1_score") -> pl.DataF
     return pl.concat(parts).select(list(schema)) if parts else pl.DataFrame(schema=schema)
 
 
-def modality_summary(df: pl.DataFrame, metric: str = "Non0_F1_score", *, baseline: str = BASELINE) -> pl.DataFrame:
+def modality_summary(df: pl.DataFrame, metric: str = HEADLINE, *, baseline: str = ROBUSTNESS_BASELINE) -> pl.DataFrame:
     """``robustness_summary`` of each per-modality curve: per variant and modality the AUC (mean curve),
     its spread over seeds, and the effective robustness against the baseline's curve of the same
     modality. Columns: variant, modality, n, auc, auc_seed_mean, auc_seed_std, effective."""
@@ -169,7 +170,7 @@ def modality_summary(df: pl.DataFrame, metric: str = "Non0_F1_score", *, baselin
              for kind in modality_kinds(df, metric)]
     if not parts:
         return pl.DataFrame(schema=schema)
-    order = {v: i for i, v in enumerate(ordered_variants(df["variant"].to_list()))}
+    order = {v: i for i, v in enumerate(variants.ordered(df["variant"].to_list()))}
     out = pl.concat(parts).cast(schema)
     return out.sort([pl.col("variant").replace_strict(order, return_dtype=pl.Int64),
                      pl.col("modality").replace_strict({m: i for i, m in enumerate(MODALITIES)},
@@ -219,21 +220,28 @@ def max_training_rate(params: dict[str, str], *, modality: str | None = None) ->
     return top
 
 
+def is_closed_form(variant: str) -> bool:
+    """Whether a variant is fitted in closed form (``fsrf.variants``: ``fsrf.baselines``' ridge on the
+    frozen encoder's states), without the training loop; an unknown variant is not."""
+    return variant in variants.BY_NAME and variants.BY_NAME[variant].closed_form
+
+
 def max_training_rates(variant_params: dict[str, dict[str, str]], *,
                        modality: str | None = None) -> dict[str, float]:
     """``max_training_rate`` per variant whose params say it (``load.StudyConfig.variant_params``).
 
-    The ridge baseline is left out: it is fitted on complete utterances, with no missing-rate schedule.
+    Closed-form variants (the ridge baseline) are left out: they are fitted on complete utterances, without
+    the training loop and so without a missing-rate schedule.
     """
     out = {}
     for variant, params in variant_params.items():
-        rate = None if variant == RIDGE else max_training_rate(params, modality=modality)
+        rate = None if is_closed_form(variant) else max_training_rate(params, modality=modality)
         if rate is not None:
             out[variant] = rate
     return out
 
 
-def overlap_study(df: pl.DataFrame, metric: str = "Non0_F1_score", *, condition: str = "avg_missing",
+def overlap_study(df: pl.DataFrame, metric: str = HEADLINE, *, condition: str = "avg_missing",
                   variant: str = "fsrf") -> pl.DataFrame:
     """Mean and std over seeds of FSRF's ``avg_missing`` score against the MRM ``overlap`` setting.
 

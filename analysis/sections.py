@@ -1,6 +1,11 @@
 """The report's page: one function per section, each turning tables and figures into HTML with the
 short explanation a reader needs, its measured numbers written in.
 
+Adding a section is an edit of this file alone: write its function (it calls ``Report.section``, or
+``Report.omitted`` when its input is missing) and call it in ``write_report``, where the page's order is;
+the table of contents and the list of files follow from what the sections wrote. Variants are ordered,
+labelled and described by ``fsrf.variants``, never here.
+
 A section whose input is missing is replaced by a one-line note (``Report.omitted``). Figures and tables
 are written into the report folder as they are made (PNG and SVG; CSV, Markdown, LaTeX), and the PNG
 written there is the one embedded in the page as base64, so the page and the files always agree.
@@ -20,19 +25,13 @@ import numpy as np
 import polars as pl
 
 from analysis import figures, load, probe, robustness, tables, tuning
+from fsrf import variants
 from fsrf.errors import InputError
+from fsrf.protocol import BEST_OBJECTIVE, HEADLINE
+from fsrf.variants import REFERENCE
 
 VERSIONED = ("torch", "ray", "mlflow", "optuna", "polars", "pot", "fsrf", "numpy", "scipy", "scikit-learn",
              "matplotlib")
-HEADLINE = "Non0_F1_score"
-VARIANT_TEXT = {
-    "fsrf": "FSRF (the full model)",
-    "no_dhf": "w/o DHF (no homo/heterogeneous factorisation)",
-    "no_das": "w/o DAS (no self-distillation between the two MRM views)",
-    "no_noise": "w/o noise (no noise representation R_n)",
-    "late_fusion": "Late fusion (trained on complete data only, without MRM: the complete-modality baseline)",
-    "ridge": "Ridge (ridge regression on the frozen encoder's mean-pooled word states: the simplest baseline)",
-}
 # Parts of FSRF that need two or more modalities: on text-only data they are said to be not applicable.
 MULTIMODAL_ONLY = (
     "eq (1), the contrastive loss between the modalities' homogeneous representations (with one modality "
@@ -65,6 +64,11 @@ def pct(x: float | None, metric: str = HEADLINE) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "n/a"
     return f"{100 * x:.2f}" if metric in tables.PERCENT else f"{x:.4f}"
+
+
+def listing(items: list[str]) -> str:
+    """``a``, ``a and b``, ``a, b and c``."""
+    return " and ".join([", ".join(items[:-1]), items[-1]]) if len(items) > 1 else "".join(items)
 
 
 def num(x: float | None, digits: int = 3) -> str:
@@ -179,11 +183,11 @@ def table1_section(rep: Report, main: pl.DataFrame, metric: str, *, ident: str =
     cond = "avg_missing" if "avg_missing" in t1["condition"].to_list() else t1["condition"][0]
     row = {r["variant"]: r for r in t1.filter(pl.col("condition") == cond).iter_rows(named=True)}
     facts = []
-    if "fsrf" in row:
-        facts.append(f"On <b>{esc(tables.condition_label(cond))}</b> FSRF scores {pct(row['fsrf']['mean'], metric)} "
-                     f"± {pct(row['fsrf']['std'], metric)}")
+    if REFERENCE in row:
+        facts.append(f"On <b>{esc(tables.condition_label(cond))}</b> FSRF scores {pct(row[REFERENCE]['mean'], metric)} "
+                     f"± {pct(row[REFERENCE]['std'], metric)}")
         for v, r in row.items():
-            if v == "fsrf":
+            if v == REFERENCE:
                 continue
             verdict = "a significant difference" if r["star"] else "not a significant difference"
             facts.append(f"{esc(tables.variant_name(v))} {pct(r['mean'], metric)} ± {pct(r['std'], metric)} "
@@ -307,7 +311,7 @@ def curves_section(rep: Report, main: pl.DataFrame, metric: str, complete: str, 
         + ("With three or more variants both figures are also max-min normalised across them "
            "(<code>*_norm</code>: best 1, worst 0), as MultiBench reports them. " if summary.height >= 3 else "")
         + "</p><p>" + "; ".join(lines) + ".</p>")
-    if load.RIDGE in summary["variant"].to_list():
+    if any(map(robustness.is_closed_form, summary["variant"].to_list())):
         text += ("<p>The grey dotted line is the <b>simplest baseline</b>: ridge regression on the frozen "
                  "encoder's mean-pooled word states (no network is trained), scored under the same conditions and "
                  "masks, a dropped word's state counted as zero. A model that does not beat it adds nothing to a "
@@ -386,7 +390,7 @@ def modality_section(rep: Report, main: pl.DataFrame, metric: str, *, text_only:
     rates = [c.split("/")[2] for c in main.columns if c.startswith(f"test/{metric}/rates_")]
     if rates:
         rows = []
-        for variant in load.ordered_variants(main["variant"].to_list()):
+        for variant in variants.ordered(main["variant"].to_list()):
             x = main.filter(pl.col("variant") == variant)
             row = {"variant": variant}
             for c in rates:
@@ -409,7 +413,7 @@ def two_ways_text(zeroed: pl.DataFrame, unk: pl.DataFrame, metric: str) -> str:
     z_auc = {r["variant"]: r for r in zeroed.iter_rows(named=True)}
     u_auc = {r["variant"]: r for r in unk.iter_rows(named=True)}
     rows, said = [], []
-    for v in load.ordered_variants(list(z_auc) + list(u_auc)):
+    for v in variants.ordered(list(z_auc) + list(u_auc)):
         z, u = z_auc.get(v), u_auc.get(v)
         rows.append({"variant": v, "auc_zeroed": z["auc"] if z else None,
                      "auc_zeroed_seed_std": z["auc_seed_std"] if z else None,
@@ -477,20 +481,23 @@ def table2_section(rep: Report, main: pl.DataFrame, metric: str) -> None:
     html_table = rep.table(t2, f"table2_{metric}", key="column", caption=f"Table II: ablations ({metric})")
     cols = ", ".join(f"<b>{esc(lab)}</b> = <code>{esc(c)}</code>" for lab, c in
                      dict(zip(t2["column"], t2["condition"])).items())
-    fs = {r["column"]: r for r in t2.filter(pl.col("variant") == "fsrf").iter_rows(named=True)}
+    fs = {r["column"]: r for r in t2.filter(pl.col("variant") == REFERENCE).iter_rows(named=True)}
     drops = []
-    for r in t2.filter(pl.col("variant") != "fsrf").iter_rows(named=True):
+    for r in t2.filter(pl.col("variant") != REFERENCE).iter_rows(named=True):
         if r["column"] in fs:
             d = r["mean"] - fs[r["column"]]["mean"]
             drops.append(f"{esc(tables.variant_name(r['variant']))} {esc(r['column'])}: {pct(d, metric)} "
                          f"against FSRF (p = {pval(r['p_value'])})")
     meaning = {"Intra-MM": "the mean of the ten intra-curve points", "CM": "the complete input",
                "Inter-MM": "the mean of the six incomplete Table I conditions"}
-    ablations = [VARIANT_TEXT[v] for v in t2["variant"].unique(maintain_order=True) if v != "fsrf" and v in VARIANT_TEXT]
+    ablations = [variants.description(v) for v in t2["variant"].unique(maintain_order=True)
+                 if v != REFERENCE and variants.description(v)]
+    baselines = [esc(tables.variant_name(v)) for v in variants.BASELINES]
     text = (f"<p>FSRF against its ablations ({'; '.join(ablations) or 'none were run'}). Columns: {cols}; "
             + ", ".join(f"{lab} is {meaning[lab]}" for lab in t2["column"].unique(maintain_order=True))
-            + ". Cells as in Table I (mean ± std over seeds, * p &lt; 0.05 against FSRF). The baselines "
-            "(late fusion, ridge) are not ablations and are left out.</p>")
+            + ". Cells as in Table I (mean ± std over seeds, * p &lt; 0.05 against FSRF)."
+            + (f" The baselines, {listing(baselines)}, are not ablations and are left out." if baselines else "")
+            + "</p>")
     if drops:
         text += "<p>Differences of the means: " + "; ".join(drops) + ".</p>"
     rep.section("table2", "Table II: ablations", text, html_table)
@@ -589,12 +596,12 @@ def tuning_section(rep: Report, study: load.TuningStudy | None) -> None:
     rep.csv(bsf, "tuning_best_so_far")
     parts = [rep.figure(figures.best_so_far_figure(bsf), "tuning_best_so_far",
                         "Validation objective of each trial and the best so far against trials run")]
-    best = done.sort(load.OBJECTIVE, descending=True).row(0, named=True)
+    best = done.sort(BEST_OBJECTIVE, descending=True).row(0, named=True)
     parts.append(f"<p>The tuning study <code>{esc(study.folder.name)}</code> ran {trials.height} trials "
                  f"({done.height} completed). Its objective is validation-only: the mean validation "
-                 "Non0_F1_score over the complete input, the six missing conditions and the ten intra points, "
+                 f"{HEADLINE} over the complete input, the six missing conditions and the ten intra points, "
                  f"at each trial's best epoch. The best trial ({esc(best['trial_id'])}) reached "
-                 f"{num(best[load.OBJECTIVE], 4)}.</p>")
+                 f"{num(best[BEST_OBJECTIVE], 4)}.</p>")
     searched = tuning.searched_params(trials)
     if done.height >= 3 and searched:
         imp = tuning.importance(trials)
@@ -625,10 +632,10 @@ def config_section(rep: Report, config: load.StudyConfig | None) -> None:
     if config is None:
         rep.omitted("configs", title, "configurations are read from MLflow; pass --robustness-run")
         return
-    variants = list(config.variant_params)
+    names = list(config.variant_params)
     keys = sorted({k for p in config.variant_params.values() for k in p})
-    grid = pl.DataFrame({"param": keys, **{v: [config.variant_params[v].get(k, "") for k in keys] for v in variants}},
-                        schema={"param": pl.String, **{v: pl.String for v in variants}})
+    grid = pl.DataFrame({"param": keys, **{v: [config.variant_params[v].get(k, "") for k in keys] for v in names}},
+                        schema={"param": pl.String, **{v: pl.String for v in names}})
     rep.csv(grid, "configs_per_variant")
     (rep.folder / "configs.json").write_text(json.dumps(
         {"experiment": config.experiment, "parent_run_id": config.parent_run_id, "parent_params": config.parent_params,
@@ -748,6 +755,7 @@ def write_report(inputs: Inputs, folder: Path, *, metric: str = HEADLINE, extra_
     references = (tables.PAPER_L.get(dataset.lower()) if text_only and source == "transcripts" and dataset
                   and metric == HEADLINE else None)
 
+    # The page's sections in their order: a new section is its function above and one call here.
     facts = table1_section(rep, main, metric)
     uncertainty_section(rep, main, metric)
     for extra in extra_metrics:
@@ -775,7 +783,7 @@ def write_report(inputs: Inputs, folder: Path, *, metric: str = HEADLINE, extra_
     seeds = main.group_by("variant", maintain_order=True).len()
     counts = ", ".join(f"{tables.variant_name(v)} ({n} seeds)" for v, n in seeds.iter_rows())
     unit = " (shown in percent)" if metric in tables.PERCENT else ""
-    present = [VARIANT_TEXT.get(v, esc(v)) for v in seeds["variant"]]
+    present = [variants.description(v) or esc(v) for v in seeds["variant"]]
     intro = [f"<p>This report summarises the robustness {what}: {main.height} test runs of {esc(counts)}. "
              f"Variants: {'; '.join(present)}. The headline metric is "
              f"<code>{esc(metric)}</code>"
@@ -784,12 +792,13 @@ def write_report(inputs: Inputs, folder: Path, *, metric: str = HEADLINE, extra_
     if dropped:
         intro.append(f'<p class="note">{dropped} run(s) of an overlap sweep are used only in the overlap study; '
                      "the tables and curves use each variant's main setting.</p>")
-    if facts and summary is not None and "fsrf" in facts["row"]:
-        fs = facts["row"]["fsrf"]
+    if facts and summary is not None and REFERENCE in facts["row"]:
+        fs = facts["row"][REFERENCE]
         auc = dict(zip(summary["variant"], summary["auc"]))
         intro.append(f"<p><b>In short:</b> FSRF's {esc(tables.condition_label(facts['cond']))} score is "
                      f"{pct(fs['mean'], metric)} ± {pct(fs['std'], metric)} over {fs['n']} seeds"
-                     + (f", and the area under its intra-missingness curve is {num(auc['fsrf'])}" if "fsrf" in auc else "")
+                     + (f", and the area under its intra-missingness curve is {num(auc[REFERENCE])}"
+                        if REFERENCE in auc else "")
                      + ".</p>")
     intro.append(conditions_text(text_only))
     if text_only:

@@ -21,18 +21,18 @@ import polars as pl
 from scipy import stats
 
 from analysis import uncertainty
-from analysis.load import BASELINES, long_metrics, ordered_variants
+from analysis.load import long_metrics
+from fsrf import variants
 from fsrf.missing import MISSING_CONDITIONS
+from fsrf.protocol import HEADLINE
+from fsrf.variants import REFERENCE
 
-REFERENCE = "fsrf"
 ALPHA = 0.05
 # The paper's column order: the six missing conditions, their mean, then the complete modalities.
 TABLE1_CONDITIONS = (*MISSING_CONDITIONS, "avg_missing", "lav")
 TABLE2_COLUMNS = (("Intra-MM", "intra_avg"), ("Inter-MM", "avg_missing"), ("CM", "lav"))
 LOWER_IS_BETTER = frozenset({"MAE"})
 PERCENT = frozenset({"Non0_F1_score", "Non0_acc_2", "Has0_F1_score", "Has0_acc_2", "Mult_acc_5", "Mult_acc_7"})
-NAMES = {"fsrf": "FSRF", "no_dhf": "w/o DHF", "no_das": "w/o DAS", "no_noise": "w/o noise",
-         "late_fusion": "Late fusion", "ridge": "Ridge (frozen states)"}
 # The paper's Table I, column {l} (language only), Non0 F1 as fractions: FSRF and its strongest baseline
 # CorrKD. BERT-base fine-tuned under the paper's own protocol: context for a text-only study, not a target
 # it can be compared with directly.
@@ -43,7 +43,8 @@ LABELS = {"avg_missing": "Avg. (missing)", "lav": "{l,a,v}", "intra_avg": "Intra
 
 
 def variant_name(variant: str) -> str:
-    return NAMES.get(variant, variant)
+    """The variant's label (``fsrf.variants``); an unknown variant by its name."""
+    return variants.label(variant)
 
 
 def condition_label(condition: str) -> str:
@@ -83,7 +84,7 @@ def summarise(df: pl.DataFrame, metric: str, conditions, *, reference: str = REF
     values = {(v, c): vals.to_numpy() for (v, c), vals in
               ((k, g["value"]) for k, g in long.group_by(["variant", "condition"]))}
     rows = []
-    for variant in ordered_variants(long["variant"].to_list()):
+    for variant in variants.ordered(long["variant"].to_list()):
         for condition in conditions:
             x = values.get((variant, condition))
             if x is None:
@@ -98,7 +99,7 @@ def summarise(df: pl.DataFrame, metric: str, conditions, *, reference: str = REF
     return pl.DataFrame(rows, schema=schema).with_columns(pl.col("std").fill_nan(None))
 
 
-def table1(df: pl.DataFrame, metric: str = "Non0_F1_score") -> pl.DataFrame:
+def table1(df: pl.DataFrame, metric: str = HEADLINE) -> pl.DataFrame:
     """Table I: every variant under the inter-modality conditions l a v la lv av, their mean, and lav.
 
     Pass ``analysis.load.main_runs(df)`` when the runs include an overlap sweep. Text-only data has
@@ -107,16 +108,16 @@ def table1(df: pl.DataFrame, metric: str = "Non0_F1_score") -> pl.DataFrame:
     return summarise(df, metric, TABLE1_CONDITIONS).with_columns(metric=pl.lit(metric))
 
 
-def table2(df: pl.DataFrame, metric: str = "Non0_F1_score") -> pl.DataFrame:
+def table2(df: pl.DataFrame, metric: str = HEADLINE) -> pl.DataFrame:
     """Table II: FSRF and its ablations under intra missingness (mean of the intra curve, ``intra_avg``),
     inter missingness (``avg_missing``) and complete modalities (``lav``; ``l`` for text-only data).
 
-    The baselines (late fusion, ridge) are not ablations of FSRF and are left out, as in the paper.
+    The baselines (``fsrf.variants.BASELINES``) are not ablations of FSRF and are left out, as in the paper.
     Columns as ``summarise`` plus ``column`` (Intra-MM, Inter-MM, CM).
     """
     complete = complete_condition(df, metric)
     columns = [(label, complete if label == "CM" else cond) for label, cond in TABLE2_COLUMNS]
-    ablations = df.filter(~pl.col("variant").is_in(list(BASELINES)))
+    ablations = df.filter(~pl.col("variant").is_in(list(variants.BASELINES)))
     t = summarise(ablations, metric, [c for _, c in columns])
     label = {c: lab for lab, c in columns}
     return t.with_columns(column=pl.col("condition").replace_strict(label), metric=pl.lit(metric))
@@ -125,10 +126,10 @@ def table2(df: pl.DataFrame, metric: str = "Non0_F1_score") -> pl.DataFrame:
 # -- rendering ------------------------------------------------------------------------------------------
 
 def _grid(t: pl.DataFrame, key: str) -> tuple[list[str], list[str], dict]:
-    variants = ordered_variants(t["variant"].to_list())
+    names = variants.ordered(t["variant"].to_list())
     cols = list(dict.fromkeys(t[key].to_list()))
     cells = {(r["variant"], r[key]): r for r in t.iter_rows(named=True)}
-    return variants, cols, cells
+    return names, cols, cells
 
 
 def _best(t: pl.DataFrame, key: str, metric: str) -> dict[str, float]:
@@ -146,10 +147,10 @@ def _table(t: pl.DataFrame, *, key: str, digits: int | None):
     scale = 100.0 if metric in PERCENT else 1.0
     if digits is None:  # percent with 2 decimals as the paper; MAE and Corr need more on their [0, ~2] scale
         digits = 2 if metric in PERCENT else 3
-    variants, cols, cells = _grid(t, key)
+    names, cols, cells = _grid(t, key)
     best = _best(t, key, metric)
     rows = []
-    for v in variants:
+    for v in names:
         row = []
         for c in cols:
             r = cells.get((v, c))
@@ -252,7 +253,7 @@ def to_csv(t: pl.DataFrame) -> str:
 BOOTSTRAP_REPS, BOOTSTRAP_SEED = 2000, 0  # a fixed seed: the report's intervals are reproducible
 
 
-def uncertainty_table(df: pl.DataFrame, metric: str = "Non0_F1_score", *, reps: int = BOOTSTRAP_REPS,
+def uncertainty_table(df: pl.DataFrame, metric: str = HEADLINE, *, reps: int = BOOTSTRAP_REPS,
                       seed: int = BOOTSTRAP_SEED) -> pl.DataFrame:
     """Per variant, over its seeds: mean, std, IQM and their 95 % stratified-bootstrap intervals of two
     scores, and FSRF's probability of improvement over the variant (``analysis.uncertainty``): the
@@ -276,9 +277,9 @@ def uncertainty_table(df: pl.DataFrame, metric: str = "Non0_F1_score", *, reps: 
     schema = {"variant": pl.String, "n": pl.Int64, **{f"{s}_{k}": pl.Float64 for s, _ in scores for k in fields},
               "poi": pl.Float64, "poi_lo": pl.Float64, "poi_hi": pl.Float64, "poi_tasks": pl.String}
     cols = [pl.col(f"test/{metric}/{c}") for c in tasks]
-    variants = ordered_variants(df["variant"].to_list()) if tasks else []
+    names = variants.ordered(df["variant"].to_list()) if tasks else []
     matrices = {v: df.filter((pl.col("variant") == v) & pl.all_horizontal([c.is_finite() for c in cols]))
-                .select(cols).to_numpy() for v in variants}
+                .select(cols).to_numpy() for v in names}
     matrices = {v: m for v, m in matrices.items() if len(m)}  # (seeds, tasks)
     sign = -1.0 if metric in LOWER_IS_BETTER else 1.0  # "better" is lower for MAE
     rows = []
@@ -313,7 +314,7 @@ def uncertainty_display(u: pl.DataFrame) -> pl.DataFrame:
             row[f"{label} mean ± std"] = f"{f['mean']} ± {f['std']}"
             row[f"{label} 95% CI of mean"] = f"[{f['mean_lo']}, {f['mean_hi']}]"
             row[f"{label} IQM [95% CI]"] = f"{f['iqm']} [{f['iqm_lo']}, {f['iqm_hi']}]"
-        row[f"P({NAMES[REFERENCE]} better than variant) [95% CI]"] = (
+        row[f"P({variant_name(REFERENCE)} better than variant) [95% CI]"] = (
             "-" if r["poi"] is None else f"{r['poi']:.2f} [{r['poi_lo']:.2f}, {r['poi_hi']:.2f}]")
         rows.append(row)
     return pl.DataFrame(rows, schema={k: pl.String for k in rows[0]} if rows else None)

@@ -2,7 +2,7 @@
 
 Input is the study's exported ``trials.parquet`` (``analysis.load.trials_from_study``): one row per
 trial in the order Tune created them, the searched params as dotted columns and the objective
-``best/val/Non0_F1_score/objective`` (validation only; null for a trial that failed before an epoch).
+``fsrf.protocol.BEST_OBJECTIVE`` (validation only; null for a trial that failed before an epoch).
 
 Importance is Optuna's fANOVA on an in-memory study rebuilt from those rows (``create_trial``), with
 each param's distribution inferred from its column. fANOVA fits a random forest, and its answer moves
@@ -16,17 +16,18 @@ import math
 import numpy as np
 import polars as pl
 
-from analysis.load import OBJECTIVE, param_columns
+from analysis.load import param_columns
+from fsrf.protocol import BEST_OBJECTIVE
 
 LOG_RATIO = 20.0  # a positive param spanning more than this factor was almost surely searched on a log scale
 
 
-def completed(trials: pl.DataFrame, objective: str = OBJECTIVE) -> pl.DataFrame:
+def completed(trials: pl.DataFrame, objective: str = BEST_OBJECTIVE) -> pl.DataFrame:
     """Trials with a finite objective (failed and never-reported trials have none)."""
     return trials.filter(pl.col(objective).is_not_null() & pl.col(objective).is_not_nan())
 
 
-def best_so_far(trials: pl.DataFrame, objective: str = OBJECTIVE, *, maximize: bool = True) -> pl.DataFrame:
+def best_so_far(trials: pl.DataFrame, objective: str = BEST_OBJECTIVE, *, maximize: bool = True) -> pl.DataFrame:
     """The best objective among the first k trials, for k = 1..n (trials in their file order).
 
     Columns: trial (1-based count), trial_id, objective (null for a failed trial), best (null until
@@ -39,7 +40,7 @@ def best_so_far(trials: pl.DataFrame, objective: str = OBJECTIVE, *, maximize: b
                          "objective": values, "best": best})
 
 
-def searched_params(trials: pl.DataFrame, objective: str = OBJECTIVE) -> list[str]:
+def searched_params(trials: pl.DataFrame, objective: str = BEST_OBJECTIVE) -> list[str]:
     """Params that took more than one value among completed trials (a constant explains nothing)."""
     done = completed(trials, objective)
     return [c for c in param_columns(trials) if done[c].drop_nulls().n_unique() > 1]
@@ -72,7 +73,7 @@ def distributions(trials: pl.DataFrame, params: list[str]) -> dict:
     return out
 
 
-def optuna_study(trials: pl.DataFrame, objective: str = OBJECTIVE, *, params: list[str] | None = None):
+def optuna_study(trials: pl.DataFrame, objective: str = BEST_OBJECTIVE, *, params: list[str] | None = None):
     """An in-memory Optuna study holding the completed trials (a param missing in a row is left out of
     that trial, as a conditional param would be)."""
     import optuna
@@ -96,7 +97,7 @@ def optuna_study(trials: pl.DataFrame, objective: str = OBJECTIVE, *, params: li
     return study
 
 
-def importance(trials: pl.DataFrame, objective: str = OBJECTIVE, *, seeds=(0, 1, 2, 3, 4),
+def importance(trials: pl.DataFrame, objective: str = BEST_OBJECTIVE, *, seeds=(0, 1, 2, 3, 4),
                params: list[str] | None = None) -> dict[str, float]:
     """fANOVA importance of each searched param for the objective, averaged over forest seeds.
 
@@ -124,7 +125,7 @@ def importance(trials: pl.DataFrame, objective: str = OBJECTIVE, *, seeds=(0, 1,
     return dict(sorted(mean.items(), key=lambda kv: -kv[1]))
 
 
-def parallel_axes(trials: pl.DataFrame, objective: str = OBJECTIVE, *, params: list[str] | None = None):
+def parallel_axes(trials: pl.DataFrame, objective: str = BEST_OBJECTIVE, *, params: list[str] | None = None):
     """Data of a parallel-coordinates plot: each searched param on its own [0, 1] axis, then the objective.
 
     Numbers are min-max scaled (log10 first on a log-scale param); categories sit at evenly spaced

@@ -23,8 +23,11 @@ if str(ROOT) not in sys.path:  # analysis/ is not an installed package
     sys.path.insert(0, str(ROOT))
 
 from analysis import load, probe, robustness, tables, tuning  # noqa: E402
+from fsrf import variants  # noqa: E402
 from fsrf.errors import InputError  # noqa: E402
+from fsrf.manifest import ROLE_ROBUSTNESS, ROLE_ROBUSTNESS_RUN, ROLE_TAG  # noqa: E402
 from fsrf.missing import INTRA_POINTS, MISSING_CONDITIONS, TABLE_CONDITIONS, intra_name  # noqa: E402
+from fsrf.protocol import BEST_OBJECTIVE  # noqa: E402
 
 VARIANTS = ("fsrf", "no_dhf", "late_fusion")
 SEEDS = (0, 1, 2)
@@ -83,7 +86,7 @@ def log_run(client, exp_id: str, parent: str, variant: str, seed: int, overlap, 
     from mlflow.entities import Metric, Param
 
     run = client.create_run(exp_id, run_name=f"{variant}-seed{seed}",
-                            tags={"mlflow.parentRunId": parent, "fsrf.role": "robustness-run", "fsrf.variant": variant,
+                            tags={"mlflow.parentRunId": parent, ROLE_TAG: ROLE_ROBUSTNESS_RUN, "fsrf.variant": variant,
                                   "fsrf.code_commit": "c0ffee1", "fsrf.data_fingerprint": "f00dfeed"})
     rid = run.info.run_id
     params = {"variant": variant, "seed": str(seed), "missing.overlap": str(overlap), "loss.lambda1": "0.2",
@@ -125,7 +128,7 @@ def tuning_trials(n: int = 30, seed: int = 0) -> pl.DataFrame:
     return pl.DataFrame({
         "trial_id": [f"t{i:03d}" for i in range(n)], "status": status, "epochs": [3] * n,
         "loss.lambda1": lam, "loss.margin": margin, "missing.schedule": schedule.tolist(),
-        "best/val/Non0_F1_score/objective": pl.Series(objective.tolist(), dtype=pl.Float64),
+        BEST_OBJECTIVE: pl.Series(objective.tolist(), dtype=pl.Float64),
     })
 
 
@@ -138,7 +141,7 @@ def new_store(tmp_path_factory, folder: str, experiment: str, parent_name: str):
     uri = f"sqlite:///{root / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=uri)
     exp_id = client.create_experiment(experiment, artifact_location=(root / "artifacts").as_uri())
-    parent = client.create_run(exp_id, run_name=parent_name, tags={"fsrf.role": "robustness"}).info.run_id
+    parent = client.create_run(exp_id, run_name=parent_name, tags={ROLE_TAG: ROLE_ROBUSTNESS}).info.run_id
     return root, uri, client, exp_id, parent
 
 
@@ -490,7 +493,7 @@ def test_tuning_views(study):
     assert st.params == ["loss.lambda1", "loss.margin", "missing.schedule"]
     assert st.epochs is not None and st.epochs.height == 2
     bsf = tuning.best_so_far(st.trials)
-    obj = st.trials[load.OBJECTIVE].to_list()
+    obj = st.trials[BEST_OBJECTIVE].to_list()
     expect, best = [], -math.inf
     for v in obj:
         best = max(best, v) if v is not None else best
@@ -572,7 +575,7 @@ def test_text_only_figure_draws_both_curves_ridge_and_references(text_runs):
     assert list(dashed.get_ydata()) == pytest.approx([100 * (0.80 - UNK_CURVATURE * p ** 2)
                                                       for p in (0.0, *INTRA_POINTS)])
     ridge = lines["curve:ridge:zeroed states"]
-    assert ridge.get_linestyle() == ":" and ridge.get_color() == figures.RIDGE_COLOR
+    assert ridge.get_linestyle() == ":" and ridge.get_color() == variants.get("ridge").color
     assert "simplest baseline" in ridge.get_label()
     assert "curve:ridge:[UNK] ids" not in lines
     for label, value in (("FSRF (paper)", 82.58), ("CorrKD (paper)", 81.20)):
@@ -607,8 +610,7 @@ def test_study_config_names_the_data(text_study, study):
     assert load.data_param(None, "data.name") is None
     synthetic = load.study_config(study["uri"], study["parent"])
     assert load.data_param(synthetic, "data.name") is None  # not logged: no references drawn
-    assert load.ordered_variants(["ridge", "late_fusion", "mystery", "fsrf"]) == ["fsrf", "mystery", "late_fusion",
-                                                                                  "ridge"]
+    assert variants.ordered(["ridge", "late_fusion", "mystery", "fsrf"]) == ["fsrf", "mystery", "late_fusion", "ridge"]
 
 
 # -- per-modality missingness and the max training rate --------------------------------------------------

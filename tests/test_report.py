@@ -1,8 +1,10 @@
 """analysis/report.py end to end on the known store of test_analysis.py: files, MLflow artifacts, the
-rendered page in headless Chromium (DOM and a screenshot), and one-line errors with exit code 2."""
+rendered page in headless Chromium (DOM and a screenshot), and one-line errors with exit code 2; and a
+variant added to ``fsrf.variants`` alone reaching every table, figure and the page."""
 
 from __future__ import annotations
 
+import html
 import json
 import re
 import os
@@ -11,15 +13,20 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from types import MappingProxyType
 
 import numpy as np
+import polars as pl
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from test_analysis import UNK_CURVATURE, study, text_study  # noqa: E402,F401  (the session-scoped stores)
+from analysis import load, robustness, tables  # noqa: E402
+from fsrf import variants  # noqa: E402
+from test_analysis import F1, SEEDS, UNK_CURVATURE, VARIANTS, run_values  # noqa: E402
+from test_analysis import study, text_study  # noqa: E402,F401  (the session-scoped stores)
 
 WINDOW = (1400, 900)
 
@@ -235,3 +242,145 @@ def test_references_need_a_known_dataset(built):
     page = (built / "report.html").read_text()  # synthetic three-modality study: no paper marks, no note
     assert 'id="paper-references"' not in page and "82.58" not in page
     assert 'id="text-only-note"' not in page and "Two ways to lose a word" not in page
+
+
+# -- adding a variant -----------------------------------------------------------------------------------
+# SPEC's promise for fsrf/variants.py: a new variant is one entry in VARIANTS and nothing in analysis/.
+# Each case adds one entry (an ablation placed before the baselines, whose colour comes from the palette;
+# a baseline placed last with its own colour and line style) and checks that the tables, figures and report
+# order, label, colour and describe it. The last test plants the copies this replaced (a label dict in
+# tables.py, a colour rule in figures.py that knows the old variants by position) and sees the checks fail.
+
+NEW_ABLATION = variants.Variant("no_mrm", "w/o MRM", "w/o MRM (trained on complete data only, DHF and DAS kept)",
+                                {"missing.schedule": "constant", "missing.p0": 0.0, "missing.p1": 0.0})
+NEW_BASELINE = variants.Variant("mean_pred", "Mean predictor", "Mean predictor (the training labels' mean: the floor)",
+                                baseline=True, default=False, color="#17becf", linestyle="-.")
+# Where each lands in the report's order among the fixture's variants (fsrf, no_dhf, late_fusion).
+NEW_CASES = {"no_mrm": (NEW_ABLATION, "late_fusion", ["fsrf", "no_dhf", "no_mrm", "late_fusion"]),
+             "mean_pred": (NEW_BASELINE, None, ["fsrf", "no_dhf", "late_fusion", "mean_pred"])}
+
+
+def add_variant(monkeypatch, new: variants.Variant, *, before: str | None) -> None:
+    """``new`` as one more entry of ``fsrf.variants.VARIANTS`` (before ``before``, else last), with the
+    module's tables that are derived from VARIANTS derived again (as fsrf/variants.py derives them)."""
+    entries = list(variants.VARIANTS)
+    entries.insert(variants.NAMES.index(before) if before else len(entries), new)
+    by_name = MappingProxyType({v.name: v for v in entries})
+    monkeypatch.setattr(variants, "VARIANTS", tuple(entries))
+    monkeypatch.setattr(variants, "BY_NAME", by_name)
+    monkeypatch.setattr(variants, "NAMES", tuple(by_name))
+    monkeypatch.setattr(variants, "DEFAULT", tuple(v.name for v in entries if v.default))
+    monkeypatch.setattr(variants, "BASELINES", tuple(v.name for v in entries if v.baseline))
+
+
+def runs_with(new: str, tmp_path) -> pl.DataFrame:
+    """The fixture study's runs (no overlap sweep) plus three seeds of ``new`` scoring 0.02 below w/o DHF,
+    read back through ``runs.parquet`` as the report reads them."""
+    rows = [{"run_id": f"{v}-{s}", "variant": v, "seed": s, "overlap": None,
+             **{k: x - (0.02 if v == new else 0.0) for k, x in run_values("no_dhf" if v == new else v, s).items()}}
+            for v in (*VARIANTS, new) for s in SEEDS]
+    path = tmp_path / "runs.parquet"
+    pl.DataFrame(rows, schema_overrides={"overlap": pl.Float64}).write_parquet(path)
+    return load.runs_from_parquet(path)
+
+
+def check_tables(new: variants.Variant, order: list[str], main) -> None:
+    """Table I lists ``new`` in its place under its label; Table II holds it only when it is an ablation."""
+    t1 = tables.table1(main)
+    assert t1["variant"].unique(maintain_order=True).to_list() == order
+    md = tables.to_markdown(t1)
+    assert [line.split(" | ")[0].removeprefix("| ") for line in md.splitlines()[2:]] == [
+        tables.variant_name(v) for v in order]
+    assert f"| {new.label} | 3 |" in md
+    t2 = tables.table2(main)
+    assert (new.name in t2["variant"].to_list()) == (not new.baseline)
+    shown = tables.uncertainty_display(tables.uncertainty_table(main, reps=50))
+    assert shown["Variant"].to_list() == [tables.variant_name(v) for v in order]
+
+
+def check_figures(new: variants.Variant, order: list[str], main) -> None:
+    """The curves and the Table I bars draw ``new`` in its place, under its label, in its own colour (its
+    entry's ``color`` when it has one) and line style, the same in both figures."""
+    from matplotlib.colors import to_hex
+    from matplotlib.container import BarContainer
+
+    from analysis import figures
+
+    mine = figures.color(new.name)
+    assert mine == (new.color or mine) and mine not in {figures.color(v) for v in order if v != new.name}
+    fig = figures.curves_figure(robustness.curves(main), metric=F1)
+    lines = [ln for ln in fig.axes[0].get_lines() if (ln.get_gid() or "").startswith("curve:")]
+    assert [ln.get_gid().split(":")[1] for ln in lines] == order
+    line = next(ln for ln in lines if ln.get_gid() == f"curve:{new.name}:zeroed states")
+    assert to_hex(line.get_color()) == mine and line.get_linestyle() == new.linestyle
+    assert line.get_label() == f"{new.label} (n=3)"
+    bars = [c for c in figures.table1_figure(tables.table1(main)).axes[0].containers if isinstance(c, BarContainer)]
+    assert [b.get_label() for b in bars] == [tables.variant_name(v) for v in order]
+    assert {to_hex(p.get_facecolor()) for p in bars[order.index(new.name)].patches} == {mine}
+
+
+def check_report(new: variants.Variant, order: list[str], page: str) -> None:
+    """The page describes ``new`` among the variants in order, labels it in Table I and places it in Table II
+    (an ablation, described there) or among the baselines that Table II leaves out."""
+    intro = page.split("Variants: ", 1)[1].split(". The headline metric", 1)[0]
+    assert intro == "; ".join(variants.description(v) for v in order)
+    table1 = page.split('id="table-table1_Non0_F1_score"', 1)[1].split("</table>", 1)[0]
+    assert [row.split("</th>", 1)[0] for row in table1.split("<tr><th>")[2:]] == [
+        html.escape(tables.variant_name(v)) for v in order]
+    section2 = page.split('<section id="table2">', 1)[1].split("</section>", 1)[0]
+    in_table2 = f"<th>{html.escape(new.label)}</th>" in section2
+    if new.baseline:
+        assert not in_table2 and html.escape(new.label) + ", are not ablations" in section2
+    else:
+        assert in_table2 and f"FSRF against its ablations (w/o DHF (no homo/heterogeneous factorisation); " \
+                             f"{new.description})" in section2
+
+
+@pytest.mark.parametrize("name", list(NEW_CASES))
+def test_a_new_variant_is_one_entry_in_fsrf_variants(name, monkeypatch, tmp_path):
+    from analysis.sections import Inputs, write_report
+
+    new, before, order = NEW_CASES[name]
+    add_variant(monkeypatch, new, before=before)
+    runs = runs_with(new.name, tmp_path)
+    main = load.main_runs(runs)
+    check_tables(new, order, main)
+    check_figures(new, order, main)
+    write_report(Inputs(runs=runs, source=str(tmp_path / "runs.parquet")), tmp_path / "report")
+    check_report(new, order, (tmp_path / "report" / "report.html").read_text())
+
+
+OLD_LABELS = {"fsrf": "FSRF", "no_dhf": "w/o DHF", "no_das": "w/o DAS", "no_noise": "w/o noise",
+              "late_fusion": "Late fusion", "ridge": "Ridge (frozen states)"}
+
+
+def old_color(variant: str) -> str:
+    """figures.color as it was: the first five variants by position, ridge by name, others by characters."""
+    from analysis import figures
+
+    old = ("fsrf", "no_dhf", "no_das", "no_noise", "late_fusion")
+    if variant == "ridge":
+        return "#4d4d4d"
+    return figures._COLORS[old.index(variant) if variant in old else 5 + sum(map(ord, variant)) % 3]
+
+
+def test_the_checks_catch_a_private_copy_of_the_variants(monkeypatch, tmp_path):
+    from analysis import figures
+
+    new, before, order = NEW_CASES["mean_pred"]
+    add_variant(monkeypatch, new, before=before)
+    main = load.main_runs(runs_with(new.name, tmp_path))
+    check_tables(new, order, main)
+    check_figures(new, order, main)
+    with monkeypatch.context() as planted:  # tables.py with its own label dict
+        planted.setattr(tables, "variant_name", lambda v: OLD_LABELS.get(v, v))
+        with pytest.raises(AssertionError):
+            check_tables(new, order, main)
+    with monkeypatch.context() as planted:  # figures.py colouring the variants it knew
+        planted.setattr(figures, "color", old_color)
+        with pytest.raises(AssertionError):
+            check_figures(new, order, main)
+    with monkeypatch.context() as planted:  # tables.py leaving out the baselines it knew
+        planted.setattr(variants, "BASELINES", ("late_fusion", "ridge"))
+        with pytest.raises(AssertionError):
+            check_tables(new, order, main)
