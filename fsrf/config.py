@@ -192,12 +192,17 @@ def _first_error(err: ValidationError) -> str:
     return f"{loc}: {msg}" if loc else msg
 
 
-def _parse_value(text: str) -> Any:
-    """A --set value: YAML scalars (numbers, true/false, null), else the string itself."""
+def parse_value(value: Any) -> Any:
+    """A config value written as text, read back: a ``--set`` value, or an MLflow param (MLflow keeps
+    every param as a string; ``--from-run`` reads a tuning study's ``best.*`` params). YAML scalars and
+    lists (numbers, true/false, null, ``[[0.9, 0.3, 0.3]]``), else the text itself; a value that is not
+    text is returned as it is. ``build_config`` then checks it against its field."""
+    if not isinstance(value, str):
+        return value
     try:
-        return yaml.safe_load(text)
+        return yaml.safe_load(value)
     except yaml.YAMLError:
-        return text
+        return value
 
 
 def apply_overrides(raw: dict, overrides: list[str] | dict[str, Any]) -> dict:
@@ -220,7 +225,7 @@ def _split_override(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise InputError("--set", text, "expected key=value, e.g. loss.lambda1=0.3")
     key, value = text.split("=", 1)
-    return key.strip(), _parse_value(value.strip())
+    return key.strip(), parse_value(value.strip())
 
 
 def _deepcopy(d: dict) -> dict:

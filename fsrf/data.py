@@ -9,8 +9,12 @@ Axis legend: N samples, T_m frames (tokens for text) of modality m, d_m feature 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:  # an annotation only: fsrf.config needs nothing from here
+    from fsrf.config import DataConfig
 
 SPLITS = ("train", "valid", "test")
 
@@ -180,20 +184,19 @@ def synthetic(*, preset: str = "mosi", seed: int = 0, size_scale: float = 1.0,
     return out
 
 
-def load_dataset(*, source: str = "synthetic", preset: str = "mosi", seed: int = 0, size_scale: float = 1.0,
-                 path: str | None = None, trust_pickle: bool = False, text_column: str = "text",
-                 label_column: str = "label", split_column: str = "mode") -> dict[str, Split]:
-    """The one loader interface: ``{"train", "valid", "test"} -> Split`` for any source."""
-    if source == "synthetic":
-        return synthetic(preset=preset, seed=seed, size_scale=size_scale)
+def load_dataset(data: DataConfig) -> dict[str, Split]:
+    """The one loader interface: ``{"train", "valid", "test"} -> Split`` for the source ``data`` names
+    (``cfg.data``, already validated)."""
+    if data.source == "synthetic":
+        return synthetic(preset=data.preset, seed=data.seed, size_scale=data.size_scale)
     from fsrf import readers  # file formats live there; synthetic runs need none of it
 
-    if source == "mmsa":
-        return readers.read_mmsa(path, trust_pickle=trust_pickle)
-    if source == "transcripts":
-        return readers.read_transcripts(path, text_column=text_column, label_column=label_column,
-                                        split_column=split_column)
-    raise ValueError(f"data.source must be synthetic, mmsa or transcripts, got {source!r}")
+    if data.source == "mmsa":
+        return readers.read_mmsa(data.path, trust_pickle=data.trust_pickle)
+    if data.source == "transcripts":
+        return readers.read_transcripts(data.path, text_column=data.text_column, label_column=data.label_column,
+                                        split_column=data.split_column)
+    raise ValueError(f"data.source must be synthetic, mmsa or transcripts, got {data.source!r}")
 
 
 def fingerprint(splits: dict[str, Split]) -> str:

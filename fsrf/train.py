@@ -75,9 +75,7 @@ def prepare(cfg: RunConfig, *, splits: dict[str, Split] | None = None) -> Prepar
 
     d = cfg.data
     if splits is None:
-        splits = load_dataset(source=d.source, preset=d.preset, seed=d.seed, size_scale=d.size_scale,
-                              path=d.path, trust_pickle=d.trust_pickle, text_column=d.text_column,
-                              label_column=d.label_column, split_column=d.split_column)
+        splits = load_dataset(d)
     enc_path = text_mod.resolve_path(cfg.encoder.path)
     modalities = splits["train"].modalities
     dims: dict[str, int] = {}

@@ -1,14 +1,20 @@
-"""Shared command-line plumbing of the entry points: import path, one-line errors, exit code 2."""
+"""Shared command-line plumbing of the entry points: the repository's root, offline Hugging Face, and
+``run_main`` (one-line errors, exit code 2).
+
+Each entry point opens with
+
+    if not __package__:  # `python studies/<name>.py` from a checkout: make `studies` and `fsrf` importable
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+so that it runs from a checkout that was not pip-installed and imports as ``studies.<name>`` in tests.
+"""
 
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run from a checkout without `pip install -e .`
-    sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 

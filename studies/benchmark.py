@@ -26,7 +26,10 @@ import sys
 import time
 from pathlib import Path
 
-from _cli import run_main
+if not __package__:  # `python studies/benchmark.py` from a checkout: make `studies` and `fsrf` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from studies._cli import run_main  # noqa: E402
 
 import numpy as np
 import torch

@@ -1,7 +1,9 @@
-"""MLflow wiring of a study: one experiment per study, a parent run per invocation, a child run per trial.
+"""MLflow wiring of a study: where the store is, its credentials, the client, one experiment per study,
+a parent run per invocation and, through ``TrialTracker``, a child run per trial.
 
 Everything is logged from the driver (a Tune callback), never from trial workers, so SQLite's
-single-writer limit is never hit and Ray workers need no tracking credentials.
+single-writer limit is never hit and Ray workers need no tracking credentials. The Ray side of a study
+(starting Ray, progress, cost, the driver skeleton) is ``studies/runtime.py``.
 
 Names (SPEC section 6): params are flat dotted config names (``loss.lambda1``, ``train.lr``, ``seed``);
 metrics are ``train/<loss>`` and ``val/<metric>/<condition>`` per epoch (step = epoch), ``best/val/...``
@@ -19,7 +21,6 @@ import base64
 import json
 import math
 import os
-import sys
 import time
 import urllib.error
 import urllib.parse
@@ -339,124 +340,3 @@ def error_reason(trial) -> str:
         text = ""
     lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
     return lines[-1] if lines else "trial failed (no error file)"
-
-
-class PlacementGroupReaper(tune.Callback):
-    """Removes a Ray Train trial's worker placement group once the trial has ended (driver side).
-
-    Works around ray#54305: Train V2 keeps the group reserved when Tune terminates the trial actor, so
-    on a small cluster the next Train trials wait forever. The trial's rank-0 worker reports the group's
-    id (``studies.worker.TRAIN_PG``); removing a group Train already removed is a no-op here.
-    """
-
-    def __init__(self):
-        self.groups: dict[str, str] = {}
-        self.removed = 0
-
-    def on_trial_result(self, iteration, trials, trial, result, **info):
-        from studies.worker import TRAIN_PG
-
-        if isinstance(result.get(TRAIN_PG), str):
-            self.groups[trial.trial_id] = result[TRAIN_PG]
-
-    def _reap(self, trial) -> None:
-        from ray._raylet import PlacementGroupID
-        from ray.util.placement_group import PlacementGroup, placement_group_table, remove_placement_group
-
-        hex_id = self.groups.pop(trial.trial_id, None)
-        if hex_id is None:
-            return
-        state = placement_group_table().get(hex_id, {}).get("state")
-        if state in (None, "REMOVED"):
-            return
-        remove_placement_group(PlacementGroup(PlacementGroupID.from_hex(hex_id)))
-        self.removed += 1
-
-    def on_trial_complete(self, iteration, trials, trial, **info):
-        self._reap(trial)
-
-    def on_trial_error(self, iteration, trials, trial, **info):
-        self._reap(trial)
-
-
-def study_cost(results) -> dict[str, float]:
-    """Total CPU-, wall- and GPU-seconds of a study's trials (their last reports) from a Tune ResultGrid."""
-    from studies.worker import COST_KEYS
-
-    total = dict.fromkeys(COST_KEYS, 0.0)
-    for r in results:
-        for k in COST_KEYS:
-            v = (r.metrics or {}).get(k)
-            if isinstance(v, (int, float)) and math.isfinite(v):
-                total[k] += float(v)
-    return total
-
-
-def cost_line(cost: dict[str, float], *, wall_s: float, driver_cpu_s: float, n: int, what: str = "trials") -> str:
-    return (f"cost: {n} {what}, {cost['cost/cpu_s']:.0f} CPU-s in {what} + {driver_cpu_s:.0f} CPU-s driver "
-            f"({(cost['cost/cpu_s'] + driver_cpu_s) / 3600:.2f} CPU-h), {cost['cost/gpu_s']:.0f} GPU-s, "
-            f"{wall_s / 60:.1f} min wall")
-
-
-class ProgressPrinter(tune.Callback):
-    """A few lines on stderr instead of Tune's tables: a status line whenever a trial ends, and at most
-    every ``every_s`` seconds while trials run: trials done, running, stopped early and failed, the best
-    objective so far and its trial, and the CPU-seconds spent."""
-
-    def __init__(self, max_epochs: int, *, metric: str, name_fn=None, every_s: float = 30.0, total: int | None = None,
-                 early_stopping: bool = True):
-        self.max_epochs, self.metric, self.every_s, self.total = max_epochs, metric, every_s, total
-        self.early_stopping = early_stopping
-        self.name = name_fn or run_name
-        self.start = self.last = time.time()
-        self.best, self.best_name = float("-inf"), ""
-        self.cpu: dict[str, float] = {}
-        self.stopped = self.failed = 0
-
-    def _line(self, text: str) -> None:
-        print(f"[{(time.time() - self.start) / 60:5.1f} min] {text}", file=sys.stderr, flush=True)
-
-    def _status(self, trials) -> str:
-        done = sum(t.status in ("TERMINATED", "ERROR") for t in trials)
-        running = sum(t.status == "RUNNING" for t in trials)
-        best = f"best {self.best:.4f} ({self.best_name})" if self.best_name else "best -"
-        total = max(self.total or 0, len(trials))  # Tune creates trials lazily: the study knows how many
-        return (f"{done}/{total} trials done ({self.stopped} stopped early, {self.failed} failed), "
-                f"{running} running | {best} | {sum(self.cpu.values()):.0f} CPU-s")
-
-    def on_trial_result(self, iteration, trials, trial, result, **info):
-        value = result.get(self.metric)
-        if isinstance(value, (int, float)) and math.isfinite(value) and value > self.best:
-            self.best, self.best_name = value, self.name(trial)
-        if isinstance(result.get("cost/cpu_s"), (int, float)):
-            self.cpu[trial.trial_id] = result["cost/cpu_s"]
-        if time.time() - self.last >= self.every_s:
-            self.last = time.time()
-            self._line(self._status(trials))
-
-    def on_trial_complete(self, iteration, trials, trial, **info):
-        failed = failed_reason(trial)
-        epochs = int((trial.last_result or {}).get("epoch", 0) or 0)
-        if failed:
-            self.failed += 1
-            state = f"FAILED: {failed}"
-        elif epochs < self.max_epochs and self.early_stopping:
-            self.stopped += 1
-            state = f"stopped after {epochs}/{self.max_epochs} epochs"
-        else:
-            state = "done"
-        last = trial.last_result or {}
-        value = last.get(self.metric, last.get(self.metric.removeprefix("best/")))  # a final report: no best/
-        score = f" {value:.4f}" if isinstance(value, (int, float)) and math.isfinite(value) else ""
-        self.last = time.time()
-        # a trial's status is still RUNNING inside this callback: count it as done
-        self._line(f"{self.name(trial)} {state}{score}  |  " + self._status(
-            [t if t is not trial else _Done() for t in trials]))
-
-    def on_trial_error(self, iteration, trials, trial, **info):
-        self.failed += 1
-        self._line(f"{self.name(trial)} FAILED: {error_reason(trial)}")
-
-
-class _Done:
-    status = "TERMINATED"

@@ -25,7 +25,10 @@ import os
 import sys
 from pathlib import Path
 
-from _cli import run_main
+if not __package__:  # `python studies/train.py` from a checkout: make `studies` and `fsrf` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from studies._cli import run_main
 
 SMOKE = ["data.size_scale=0.05", "train.epochs=2", "model.width=32", "model.seq_width=16"]
 
@@ -65,10 +68,11 @@ def main(argv=None) -> int:
     out = Path(args.output)
     if out.exists() and not out.is_dir():
         raise InputError(str(out), "--output", "exists and is not a folder")
-    from studies.runtime import load_data
+    from fsrf.data import load_dataset
 
-    splits = load_data(cfg)
-    from fsrf.train import HEADLINE, fit, prepare
+    splits = load_dataset(cfg.data)
+    from fsrf.protocol import HEADLINE
+    from fsrf.train import fit, prepare
 
     prep = prepare(cfg, splits=splits)
     code = manifest_mod.code_state()

@@ -33,14 +33,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
-from _cli import ROOT, run_main
+if not __package__:  # `python studies/tune_lambdas.py` from a checkout: make `studies` and `fsrf` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-OBJECTIVE = "best/val/Non0_F1_score/objective"
-MULTI = ["best/val/Non0_F1_score/lav", "best/val/Non0_F1_score/avg_missing"]
+from studies._cli import ROOT, run_main
+
 SMOKE = ["data.size_scale=0.05", "model.width=32", "model.seq_width=16"]
+STATE_FILE = "fsrf_study.json"  # in the study folder: the MLflow parent run that --resume continues
 
 
 def parse(argv=None) -> argparse.Namespace:
@@ -72,13 +73,22 @@ def parse(argv=None) -> argparse.Namespace:
     ap.add_argument("--storage", default="runs/tune", help="Ray storage folder (default runs/tune)")
     ap.add_argument("--resume", action="store_true", help="continue the study named --name from --storage")
     ap.add_argument("--smoke-test", action="store_true", help="2 tiny trials x 2 epochs")
-    ap.add_argument("--nan-trial", type=int, default=None, help=argparse.SUPPRESS)  # test-only fault injection
     args = ap.parse_args(argv)
     if args.smoke_test:
         args.num_samples, args.max_epochs, args.grace_period = 2, 2, 1
         args.overrides = SMOKE + args.overrides
     args.grace_period = min(args.grace_period, args.max_epochs)
     return args
+
+
+def multi_objective() -> list[str]:
+    """What ``--multi-objective`` maximises: the selected epoch's complete-modality (``lav``) and
+    ``avg_missing`` F1 (the single objective is ``fsrf.protocol.BEST_OBJECTIVE``)."""
+    # imported here, as BEST_OBJECTIVE is in the functions that use it: fsrf.protocol imports torch and
+    # scikit-learn (seconds), and a bad flag is refused before that
+    from fsrf.protocol import HEADLINE
+
+    return [f"best/val/{HEADLINE}/lav", f"best/val/{HEADLINE}/avg_missing"]
 
 
 def validate(args) -> None:
@@ -95,9 +105,12 @@ def validate(args) -> None:
             raise InputError(flag, None, f"invalid value {getattr(args, flag[2:].replace('-', '_'))!r}")
 
 
-def main(argv=None) -> int:
+def main(argv=None, *, trainable=None) -> int:
+    """The study. ``trainable`` replaces the worker's trial function (``studies.worker``); the
+    fault-tolerance tests pass one that makes one trial's loss NaN (``tests/nan_study.py``)."""
     args = parse(argv)
     validate(args)
+    from fsrf import variants
     from fsrf.config import flatten, load_config
     from fsrf.errors import InputError
     from studies import space as space_mod
@@ -113,34 +126,115 @@ def main(argv=None) -> int:
     tracking.check_reachable(uri)
     storage = Path(args.storage).resolve()
     study_dir = storage / args.name
-    state_file = study_dir / "fsrf_study.json"
+    optuna_url, optuna_store = _check_before_ray(args, base, study_dir)
+
+    import ray
+
+    from fsrf.manifest import ROLE_STUDY, ROLE_TAG
+    from fsrf.protocol import BEST_OBJECTIVE
+
+    study = runtime.Study(uri, args.name)
+    total_cpus = runtime.start_ray(args.address, args.cpus)
+    concurrent = max(1, int(total_cpus // args.cpus_per_trial))
+    repeats = args.seeds_per_config
+    objective_name = ",".join(multi_objective()) if args.multi_objective else BEST_OBJECTIVE
+    study_info = {"name": args.name, "objective": objective_name, "seeds_per_config": repeats,
+                  "scheduler": "FIFO" if args.multi_objective or repeats > 1 else "ASHA"}
+    trial_fn = _trainable(args, base, storage, study_info, trainable)
+    study_tags = {"fsrf.study": args.name, "fsrf.objective": objective_name,
+                  "fsrf.data": f"{base.data.source}/{base.data.preset}", "fsrf.variant": variants.of_config(flatten(base))}
+    study_params = _study_params(args, space, objective=objective_name, scheduler=study_info["scheduler"],
+                                 optuna_url=optuna_url)
+    state_file = study_dir / STATE_FILE
+    study_dir.mkdir(parents=True, exist_ok=True)  # not made yet with a shared --optuna-storage
+    parent = study.open(run_name=f"study-{args.name}", tags={**study_tags, ROLE_TAG: ROLE_STUDY},
+                        params={**study_params, **{f"space.{k}": v for k, v in space.describe().items()},
+                                **{f"base.{k}": v for k, v in flatten(base).items()}},
+                        resume_run_id=json.loads(state_file.read_text())["parent_run_id"] if args.resume else None)
+    if not args.resume:
+        study.client.log_dict(parent, {"params": space.describe(), "start_with_base": space.start_with_base},
+                              "search_space.json")
+    tracker = tracking.TrialTracker(uri=uri, experiment_id=study.experiment_id, parent_run_id=parent,
+                                    base_params={**flatten(base), **study_params}, tags=study_tags,
+                                    max_epochs=args.max_epochs, params_fn=_trial_params(base.seed),
+                                    time_budget_s=args.time_budget * 60 if args.time_budget else None)
+    print(f"study {args.name}: {args.num_samples} configurations x {repeats} seed(s) x <= {args.max_epochs} epochs, "
+          f"{concurrent} at a time "
+          f"on {total_cpus:g} CPUs ({'Ray Train, %d worker(s)' % args.workers_per_trial if args.workers_per_trial else 'function trainable'})",
+          file=sys.stderr, flush=True)
+    if not args.resume:  # --resume finds the parent run here
+        state_file.write_text(json.dumps({"parent_run_id": parent, "experiment_id": study.experiment_id,
+                                          "uri": tracking.redact(uri)}))
+    results = study.fit(lambda: _tuner(args, trial_fn, space=space, base=base, optuna_store=optuna_store,
+                                       scheduler=study_info["scheduler"], concurrent=concurrent,
+                                       callbacks=[tracker], study_dir=study_dir), tracker)
+
+    summary = summarise(results, space, study_dir, multi=args.multi_objective, base_seed=base.seed)
+    tracking.log_params(study.client, parent, {f"best.{k}": v for k, v in summary["best_config"].items()})
+    for f in ("trials.parquet", "configs.parquet", "epochs.parquet", "summary.json"):
+        study.client.log_artifact(parent, str(study_dir / f))
+    spent = study.finish(results, {**summary["best_metrics"], "study/trials": summary["trials"],
+                                   "study/errored": summary["errored"]})
+    _print_summary(summary, spent.wall_s, uri, study.experiment_id, study_dir)
+    print(spent.line(summary["trials"], "trials"))
+    print(f"Optuna study: {tracking.redact(optuna_url)} (study {args.name!r}; optuna-dashboard opens it)")
+    if spent.interrupted:
+        print("the study was interrupted: continue it with --resume", file=sys.stderr)
+    all_failed = summary["trials"] and summary["errored"] == summary["trials"]
+    if all_failed:
+        print("error: every trial failed (see the FAILED runs' fsrf.stop_reason in MLflow)", file=sys.stderr)
+    ray.shutdown()
+    return 1 if all_failed else 0
+
+
+def _check_before_ray(args, base, study_dir: Path) -> tuple[str, object]:
+    """Refuse, once the config and space are good, what else can be wrong, in an order that leaves no
+    file behind a refused study: the study folder against ``--resume``/``--name``, a shared Optuna
+    store, the data; then the study's own Optuna SQLite file is created. Returns the Optuna storage's URL
+    (without a password) and the opened storage."""
+    from fsrf.errors import InputError
+    from studies import runtime, tracking
+
+    state_file = study_dir / STATE_FILE
     if args.resume and not state_file.is_file():
         raise InputError(str(study_dir), "--resume", "no study to resume here (run without --resume first)")
     if not args.resume and state_file.is_file():
         raise InputError(str(study_dir), "--name", "a study of this name exists: pass --resume, or a new --name")
     # a password in the URL moves to the environment (PGPASSWORD), out of Tune's pickled searcher state
-    optuna_url = tracking.credentials_to_env(args.optuna_storage) if args.optuna_storage \
+    url = tracking.credentials_to_env(args.optuna_storage) if args.optuna_storage \
         else f"sqlite:///{study_dir / 'optuna.db'}"
     if args.optuna_storage:  # a shared store: checked first, like the tracking server
-        optuna_store = optuna_storage(optuna_url, name=args.name, resume=args.resume)
+        store = optuna_storage(url, name=args.name, resume=args.resume)
     runtime.check_data(base)
     if not args.optuna_storage:  # the study's own SQLite file: created only once the input is known good
         study_dir.mkdir(parents=True, exist_ok=True)
-        optuna_store = optuna_storage(optuna_url, name=args.name, resume=args.resume)
+        store = optuna_storage(url, name=args.name, resume=args.resume)
+    return url, store
 
-    import ray
+
+def _study_params(args, space, *, objective: str, scheduler: str, optuna_url: str) -> dict:
+    """The study's settings as MLflow params (on the parent run and repeated on every trial's run)."""
+    from fsrf.protocol import SELECTION_RULE
+
+    from studies.tracking import redact
+
+    return {"study.name": args.name, "study.objective": objective,
+            "study.num_samples": args.num_samples, "study.max_epochs": args.max_epochs,
+            "study.search_seed": args.search_seed, "study.seeds_per_config": args.seeds_per_config,
+            "study.scheduler": scheduler, "study.workers_per_trial": args.workers_per_trial,
+            "study.multi_objective": args.multi_objective, "study.searched": ",".join(space.names),
+            "study.optuna_storage": redact(optuna_url), "study.selection": SELECTION_RULE}
+
+
+def _trainable(args, base, storage: Path, study_info: dict, trial_fn=None):
+    """The trial function with its settings and the resources one trial holds."""
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-    from ray.tune.search import ConcurrencyLimiter, Repeater
-    from ray.tune.search.optuna import OptunaSearch
 
+    from fsrf.config import flatten
     from fsrf.manifest import code_state
-    from studies import worker
+    from fsrf.protocol import BEST_OBJECTIVE
+    from studies import worker  # torch: only once the input is known to be good
 
-    started, driver_cpu0 = time.time(), time.process_time()
-    repeats = args.seeds_per_config
-    total_cpus = runtime.start_ray(args.address, args.cpus)
-    use_gpu = args.gpus_per_worker > 0
     if args.workers_per_trial:
         # The trial process only drives the TorchTrainer: a sliver of CPU; the workers hold the rest.
         # Train V2 workers reserve their own resources (ScalingConfig), outside the trial's: reserving
@@ -150,53 +244,44 @@ def main(argv=None) -> int:
     else:
         per_worker = args.cpus_per_trial
         resources = {"cpu": args.cpus_per_trial, "gpu": args.gpus_per_worker}
-    concurrent = max(1, int(total_cpus // args.cpus_per_trial))
-    objective_name = ",".join(MULTI) if args.multi_objective else OBJECTIVE
-    study_info = {"name": args.name, "objective": objective_name, "seeds_per_config": repeats,
-                  "scheduler": "FIFO" if args.multi_objective or repeats > 1 else "ASHA"}
     settings = worker.TrialSettings(base=flatten(base), max_epochs=args.max_epochs,
                                     threads=max(1, int(per_worker)), workers=args.workers_per_trial,
-                                    cpus_per_worker=per_worker, use_gpu=use_gpu, storage=str(storage),
-                                    nan_trial=args.nan_trial, metrics=tuple(MULTI) if args.multi_objective else (OBJECTIVE,),
+                                    cpus_per_worker=per_worker, use_gpu=args.gpus_per_worker > 0,
+                                    storage=str(storage), metrics=tuple(multi_objective()) if args.multi_objective else (BEST_OBJECTIVE,),
                                     code=code_state(), search_seed=args.search_seed, study=study_info)
-    fn = worker.train_trainable if args.workers_per_trial else worker.function_trainable
-    trainable = tune.with_resources(tune.with_parameters(fn, settings=settings), resources)
+    trial_fn = trial_fn or (worker.train_trainable if args.workers_per_trial else worker.function_trainable)
+    return tune.with_resources(tune.with_parameters(trial_fn, settings=settings), resources)
 
-    client = tracking.client_for(uri)
-    exp_id = tracking.experiment_id(client, args.name, artifact_root=tracking.artifact_root(uri, args.name))
-    study_tags = {"fsrf.study": args.name, "fsrf.objective": objective_name,
-                  "fsrf.data": f"{base.data.source}/{base.data.preset}", "fsrf.variant": _variant(base)}
-    study_params = {"study.name": args.name, "study.objective": objective_name,
-                    "study.num_samples": args.num_samples, "study.max_epochs": args.max_epochs,
-                    "study.search_seed": args.search_seed, "study.seeds_per_config": repeats,
-                    "study.scheduler": study_info["scheduler"], "study.workers_per_trial": args.workers_per_trial,
-                    "study.multi_objective": args.multi_objective, "study.searched": ",".join(space.names),
-                    "study.optuna_storage": tracking.redact(optuna_url),
-                    "study.selection": "epoch with the best val/Non0_F1_score/objective"}
-    if args.resume:
-        saved = json.loads(state_file.read_text())
-        parent = saved["parent_run_id"]
-        client.update_run(parent, status="RUNNING")
-    else:
-        study_dir.mkdir(parents=True, exist_ok=True)
-        parent = client.create_run(exp_id, run_name=f"study-{args.name}", tags={**study_tags, "fsrf.role": "study"}).info.run_id
-        tracking.log_params(client, parent, {**study_params, **{f"space.{k}": v for k, v in space.describe().items()},
-                                             **{f"base.{k}": v for k, v in flatten(base).items()}})
-        client.log_dict(parent, {"params": space.describe(), "start_with_base": space.start_with_base},
-                        "search_space.json")
-    base_seed = base.seed
 
-    def trial_params(trial) -> dict:
+def _trial_params(base_seed: int):
+    """A trial's own MLflow params: its sampled values, its training seed and which seed of its
+    configuration it is."""
+    from studies import worker
+
+    def params(trial) -> dict:
         sampled = {k: v for k, v in trial.config.items() if "." in k}
         return {**sampled, "seed": worker.trial_seed(base_seed, trial.config),
                 "study.seed_index": worker.repeat_index(trial.config)}
 
-    tracker = tracking.TrialTracker(uri=uri, experiment_id=exp_id, parent_run_id=parent,
-                                    base_params={**flatten(base), **study_params}, tags=study_tags,
-                                    max_epochs=args.max_epochs, params_fn=trial_params,
-                                    time_budget_s=args.time_budget * 60 if args.time_budget else None)
+    return params
 
-    metric, mode = (MULTI, ["max", "max"]) if args.multi_objective else (OBJECTIVE, "max")
+
+def _tuner(args, trainable, *, space, base, optuna_store, scheduler: str, concurrent: int, callbacks: list,
+           study_dir: Path):
+    """A new Tuner (OptunaSearch, ASHA or FIFO), or the interrupted one restored for ``--resume``."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search import ConcurrencyLimiter, Repeater
+    from ray.tune.search.optuna import OptunaSearch
+
+    from fsrf.config import flatten
+    from fsrf.protocol import BEST_OBJECTIVE
+    from studies import runtime
+
+    if args.resume:
+        return tune.Tuner.restore(str(study_dir), trainable=trainable, resume_errored=True)
+    repeats = args.seeds_per_config
+    metric, mode = (multi_objective(), ["max", "max"]) if args.multi_objective else (BEST_OBJECTIVE, "max")
     base_point = [{k: flatten(base)[k] for k in space.names}] if space.start_with_base else None
     # Single objective: metric/mode go to TuneConfig, which hands them to the searcher and to ASHA.
     optuna_kw = dict(metric=metric, mode=mode) if args.multi_objective else {}
@@ -204,70 +289,26 @@ def main(argv=None) -> int:
                           storage=optuna_store, **optuna_kw)
     searcher = ConcurrencyLimiter(Repeater(optuna, repeat=repeats, set_index=True) if repeats > 1 else optuna,
                                   max_concurrent=concurrent)
-    scheduler = FIFOScheduler() if study_info["scheduler"] == "FIFO" else ASHAScheduler(
+    sched = FIFOScheduler() if scheduler == "FIFO" else ASHAScheduler(
         time_attr="epoch", max_t=args.max_epochs, grace_period=args.grace_period, reduction_factor=3)
     run_config = tune.RunConfig(
-        name=args.name, storage_path=str(storage), verbose=0,
-        callbacks=[tracker, tracking.ProgressPrinter(args.max_epochs, metric=OBJECTIVE,
-                                                         total=args.num_samples * repeats)]
-        + ([tracking.PlacementGroupReaper()] if args.workers_per_trial else []),
+        name=args.name, storage_path=str(study_dir.parent), verbose=0,
+        callbacks=[*callbacks, runtime.ProgressPrinter(args.max_epochs, metric=BEST_OBJECTIVE,
+                                                       total=args.num_samples * repeats)]
+        + ([runtime.PlacementGroupReaper()] if args.workers_per_trial else []),
         failure_config=tune.FailureConfig(max_failures=args.max_failures),
         # Keep several: Tune deletes old checkpoints before its (lagging) experiment state is synced, and
         # a driver killed in between resumes a trial from a deleted one (then the trial fails).
         checkpoint_config=tune.CheckpointConfig(num_to_keep=5))
-    print(f"study {args.name}: {args.num_samples} configurations x {repeats} seed(s) x <= {args.max_epochs} epochs, "
-          f"{concurrent} at a time "
-          f"on {total_cpus:g} CPUs ({'Ray Train, %d worker(s)' % args.workers_per_trial if args.workers_per_trial else 'function trainable'})",
-          file=sys.stderr, flush=True)
-    if not args.resume:
-        state_file.write_text(json.dumps({"parent_run_id": parent, "experiment_id": exp_id,
-                                          "uri": tracking.redact(uri)}))
-    status = "KILLED"
-    try:
-        if args.resume:
-            tuner = tune.Tuner.restore(str(study_dir), trainable=trainable, resume_errored=True)
-        else:
-            tuner = tune.Tuner(trainable, param_space=space.tune_space(),
-                               tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
-                                                           reuse_actors=not args.workers_per_trial,
-                                                           num_samples=args.num_samples * repeats,
-                                                           time_budget_s=args.time_budget * 60 if args.time_budget else None,
-                                                           max_concurrent_trials=concurrent,
-                                                           metric=None if args.multi_objective else metric,
-                                                           mode=None if args.multi_objective else mode),
-                               run_config=run_config)
-        results = tuner.fit()
-        status = "FINISHED"
-    finally:
-        ended = tracker.close("KILLED")
-        if status != "FINISHED":
-            client.set_terminated(parent, status="KILLED")
-            if ended:
-                print(f"marked {ended} unfinished trial run(s) KILLED", file=sys.stderr)
-    summary = summarise(results, space, study_dir, multi=args.multi_objective, base_seed=base_seed)
-    wall = time.time() - started
-    cost, driver_cpu = tracking.study_cost(results), time.process_time() - driver_cpu0
-    tracking.log_metrics(client, parent, {k: v for k, v in summary["best_metrics"].items()}
-                         | {"study/wall_time_s": wall, "study/trials": summary["trials"],
-                            "study/errored": summary["errored"], "study/cpu_s": cost["cost/cpu_s"],
-                            "study/driver_cpu_s": driver_cpu, "study/gpu_s": cost["cost/gpu_s"],
-                            "study/trial_wall_s": cost["cost/wall_s"]}, step=0)
-    tracking.log_params(client, parent, {f"best.{k}": v for k, v in summary["best_config"].items()})
-    for f in ("trials.parquet", "configs.parquet", "epochs.parquet", "summary.json"):
-        client.log_artifact(parent, str(study_dir / f))
-    interrupted = results.num_terminated + results.num_errors < len(results)
-    client.set_terminated(parent, status="KILLED" if interrupted else "FINISHED")
-    _print_summary(summary, wall, uri, exp_id, study_dir)
-    print(tracking.cost_line(cost, wall_s=wall, driver_cpu_s=driver_cpu, n=summary["trials"]))
-    print(f"Optuna study: {tracking.redact(optuna_url)} (study {args.name!r}; optuna-dashboard opens it)")
-    if interrupted:
-        print("the study was interrupted: continue it with --resume", file=sys.stderr)
-    if summary["trials"] and summary["errored"] == summary["trials"]:
-        print("error: every trial failed (see the FAILED runs' fsrf.stop_reason in MLflow)", file=sys.stderr)
-        ray.shutdown()
-        return 1
-    ray.shutdown()
-    return 0
+    return tune.Tuner(trainable, param_space=space.tune_space(),
+                      tune_config=tune.TuneConfig(search_alg=searcher, scheduler=sched,
+                                                  reuse_actors=not args.workers_per_trial,
+                                                  num_samples=args.num_samples * repeats,
+                                                  time_budget_s=args.time_budget * 60 if args.time_budget else None,
+                                                  max_concurrent_trials=concurrent,
+                                                  metric=None if args.multi_objective else metric,
+                                                  mode=None if args.multi_objective else mode),
+                      run_config=run_config)
 
 
 def optuna_storage(url: str, *, name: str, resume: bool):
@@ -289,18 +330,15 @@ def optuna_storage(url: str, *, name: str, resume: bool):
     return storage
 
 
-def _variant(cfg) -> str:
-    m = cfg.model
-    off = [n for n, on in (("dhf", m.dhf), ("das", m.das), ("noise", m.noise)) if not on]
-    return "fsrf" if not off else "no_" + "_".join(off)
-
-
 def summarise(results, space, study_dir: Path, *, multi: bool, base_seed: int = 0) -> dict:
     """Write the trial, configuration and per-epoch tables; pick the best configuration by its mean
     objective over seeds (or the Pareto front of trials)."""
     import polars as pl
 
+    from fsrf.protocol import BEST_OBJECTIVE
     from studies.worker import FAILED_REASON, trial_seed
+
+    multi_metrics = multi_objective()
 
     rows, epochs = [], []
     for r in results:
@@ -330,7 +368,7 @@ def summarise(results, space, study_dir: Path, *, multi: bool, base_seed: int = 
                "epochs": int(last.get("epoch", 0) or 0), "best_epoch": int(last.get("best_epoch", 0) or 0),
                "cpu_s": last.get("cost/cpu_s"), "wall_s": last.get("cost/wall_s")}
         row.update({k: r.config.get(k) for k in space.names})
-        row.update({k: last.get(k) for k in (OBJECTIVE, *MULTI)})
+        row.update({k: last.get(k) for k in (BEST_OBJECTIVE, *multi_metrics)})
         rows.append(row)
     # one configuration = one set of searched values (its seeds differ): numbered in order of appearance
     ids: dict[tuple, int] = {}
@@ -340,7 +378,7 @@ def summarise(results, space, study_dir: Path, *, multi: bool, base_seed: int = 
     trials.write_parquet(study_dir / "trials.parquet")
     all_epochs = pl.concat(epochs, how="diagonal_relaxed") if epochs else pl.DataFrame()
     all_epochs.write_parquet(study_dir / "epochs.parquet")
-    done = trials.filter(pl.col(OBJECTIVE).is_not_null())
+    done = trials.filter(pl.col(BEST_OBJECTIVE).is_not_null())
     configs = config_table(done, space.names)
     configs.write_parquet(study_dir / "configs.parquet")
     summary = {"trials": len(trials), "errored": int((trials["status"] == "ERROR").sum()), "best_config": {},
@@ -348,12 +386,12 @@ def summarise(results, space, study_dir: Path, *, multi: bool, base_seed: int = 
     if len(configs):
         best = configs.row(0, named=True)  # sorted: best mean objective first
         summary["best_trial"] = done.filter(pl.col("config_id") == best["config_id"]).sort(
-            OBJECTIVE, descending=True)["trial_id"][0]
+            BEST_OBJECTIVE, descending=True)["trial_id"][0]
         summary["best_config"] = {k: best[k] for k in space.names}
-        summary["best_metrics"] = {k: best[k] for k in (OBJECTIVE, *MULTI) if best[k] is not None}
+        summary["best_metrics"] = {k: best[k] for k in (BEST_OBJECTIVE, *multi_metrics) if best[k] is not None}
         summary["best_seeds"] = {"n": best["n_seeds"], "std": best["objective_std"]}
         if multi:
-            summary["pareto"] = pareto_front(done, MULTI).to_dicts()
+            summary["pareto"] = pareto_front(done, multi_metrics).to_dicts()
     (study_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     return summary
 
@@ -363,15 +401,17 @@ def config_table(trials, names: list[str]):
     std over seeds and the number of seeds, best mean objective first."""
     import polars as pl
 
+    from fsrf.protocol import BEST_OBJECTIVE
+
     if not len(trials):
-        return pl.DataFrame({"config_id": [], "n_seeds": [], OBJECTIVE: [], "objective_std": []},
-                            schema={"config_id": pl.Int64, "n_seeds": pl.UInt32, OBJECTIVE: pl.Float64,
+        return pl.DataFrame({"config_id": [], "n_seeds": [], BEST_OBJECTIVE: [], "objective_std": []},
+                            schema={"config_id": pl.Int64, "n_seeds": pl.UInt32, BEST_OBJECTIVE: pl.Float64,
                                     "objective_std": pl.Float64})
-    metrics = [m for m in (OBJECTIVE, *MULTI) if m in trials.columns]
+    metrics = [m for m in (BEST_OBJECTIVE, *multi_objective()) if m in trials.columns]
     return (trials.group_by("config_id", maintain_order=True)
             .agg(pl.len().alias("n_seeds"), *[pl.first(n) for n in names], *[pl.col(m).mean() for m in metrics],
-                 pl.col(OBJECTIVE).std().alias("objective_std"))
-            .sort(OBJECTIVE, descending=True))
+                 pl.col(BEST_OBJECTIVE).std().alias("objective_std"))
+            .sort(BEST_OBJECTIVE, descending=True))
 
 
 def pareto_front(df, cols: list[str]):
@@ -384,18 +424,21 @@ def pareto_front(df, cols: list[str]):
 
 
 def _print_summary(summary: dict, wall: float, uri: str, exp_id: str, study_dir: Path) -> None:
+    from fsrf.protocol import BEST_OBJECTIVE
+
+    lav, avg_missing = multi_objective()
     print(f"\n{summary['trials']} trials ({summary['errored']} errored) in {wall / 60:.1f} min")
     if summary["best_config"]:
         seeds = summary.get("best_seeds", {"n": 1, "std": None})
         spread = f" +- {seeds['std']:.4f} (std over {seeds['n']} seeds, mean shown)" if seeds["n"] > 1 else ""
-        print(f"best configuration (trial {summary['best_trial']}): {OBJECTIVE} = "
-              f"{summary['best_metrics'].get(OBJECTIVE, float('nan')):.4f}{spread}")
+        print(f"best configuration (trial {summary['best_trial']}): {BEST_OBJECTIVE} = "
+              f"{summary['best_metrics'].get(BEST_OBJECTIVE, float('nan')):.4f}{spread}")
         for k, v in summary["best_config"].items():
             print(f"  {k} = {v}")
     if summary["pareto"]:
         print("Pareto front (lav F1 vs avg_missing F1):")
         for row in summary["pareto"]:
-            print(f"  {row['trial_id']}: lav {row[MULTI[0]]:.4f}  avg_missing {row[MULTI[1]]:.4f}")
+            print(f"  {row['trial_id']}: lav {row[lav]:.4f}  avg_missing {row[avg_missing]:.4f}")
     from studies.tracking import redact
 
     ui = redact(uri) if uri.startswith("http") else f"mlflow ui --backend-store-uri {redact(uri)}"

@@ -15,11 +15,13 @@ report holding ``failed_reason`` and NaN for the study's metrics, instead of an 
 retry an exception from the last checkpoint, which restores the same weights and RNG state and meets
 the same NaN again (and ``--resume`` would re-run it). The driver's MLflow callback ends such a trial's
 run FAILED with that reason.
+
+This module imports ``fsrf`` and Ray only: the drivers (``studies/tune_lambdas.py``,
+``studies/robustness.py``) import it, never the other way round.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import tempfile
@@ -30,6 +32,7 @@ from typing import Any
 
 import torch
 
+from fsrf import variants
 from fsrf.config import RunConfig, build_config, unflatten
 
 STATE_FILE = "state.pt"
@@ -47,7 +50,6 @@ class TrialSettings:
     cpus_per_worker: float = 1.0
     use_gpu: bool = False
     storage: str = ""  # absolute Ray storage folder (Train runs are kept under it)
-    nan_trial: int | None = None  # test-only: this trial index makes its loss NaN (fault-tolerance tests)
     metrics: tuple[str, ...] = ()  # the study's metrics: a non-finite trial's last report sets them to NaN
     code: dict | None = None  # the driver's git state (workers may have no checkout)
     search_seed: int | None = None
@@ -125,28 +127,18 @@ def prepared_for(cfg: RunConfig):
     return _PREPARED[key]
 
 
-def _poisoned(settings: TrialSettings, index: int) -> bool:
-    return settings.nan_trial is not None and index == settings.nan_trial
-
-
-def _poison(prep):
-    """Test-only switch: NaN training labels, so the task loss, and the total with it, turn NaN in the
-    first batch (the config stays valid: a NaN loss weight would be refused by the config itself)."""
-    from fsrf.train import SplitTensors
-
-    train = prep.splits["train"]
-    nan_labels = SplitTensors(train.inputs, torch.full_like(train.labels, float("nan")))
-    return dataclasses.replace(prep, splits={**prep.splits, "train": nan_labels})
-
-
 def failed_result(settings: TrialSettings, err: BaseException) -> dict[str, Any]:
     """The last report of a trial whose loss became non-finite (see the module docstring)."""
     reason = f"non-finite loss, not retried: {type(err).__name__}: {err}"
     return {**{m: float("nan") for m in settings.metrics}, FAILED_REASON: reason}
 
 
-def function_trainable(config: dict[str, Any], settings: TrialSettings) -> None:
-    """A Tune function trainable: one FSRF run in this process, reporting each epoch to Tune."""
+def function_trainable(config: dict[str, Any], settings: TrialSettings, *, prepare=prepared_for) -> None:
+    """A Tune function trainable: one FSRF run in this process, reporting each epoch to Tune.
+
+    ``prepare`` turns the trial's config into its data tensors (default: ``prepared_for``, cached per
+    process); the fault-tolerance tests pass one that gives a single trial NaN labels.
+    """
     _quiet()
     from ray import tune
 
@@ -155,9 +147,7 @@ def function_trainable(config: dict[str, Any], settings: TrialSettings) -> None:
     resume = load_state(tune.get_checkpoint())
     meter = Meter(resume=resume, gpus=int(settings.use_gpu))
     cfg = trial_config(settings, config)
-    prep = prepared_for(cfg)
-    if _poisoned(settings, _index(tune.get_context())):
-        prep = _poison(prep)
+    prep = prepare(cfg)
     torch.set_num_threads(settings.threads)
     report = reporter(tune.report, tune.Checkpoint, meter, run_manifest(settings, cfg, prep))
     try:
@@ -216,14 +206,6 @@ def _placement_group_id() -> dict[str, str]:
     return {TRAIN_PG: pg.id.hex()} if pg is not None else {}
 
 
-def _index(ctx) -> int:
-    """Tune's 1-based trial counter: the number after the trial id in the trial folder's name
-    (``function_trainable_<id>_<index>_<params>``)."""
-    name, tid = os.path.basename(ctx.get_trial_dir() or ""), ctx.get_trial_id() or ""
-    tail = name.split(f"{tid}_", 1)[-1].split("_", 1)[0] if tid and f"{tid}_" in name else ""
-    return int(tail) if tail.isdigit() else 0
-
-
 def train_worker(loop_config: dict[str, Any]) -> None:
     """Per-worker function of the TorchTrainer: the same loop, DDP via the process group Ray made."""
     import ray.train
@@ -236,8 +218,6 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     resume = load_state(ray.train.get_checkpoint())
     meter = Meter(resume=resume, workers=settings.workers, gpus=settings.workers * int(settings.use_gpu))
     prep = prepared_for(cfg)
-    if loop_config.get("poison"):
-        prep = _poison(prep)
     torch.set_num_threads(settings.threads)
     rank = ray.train.get_context().get_world_rank()
     report = reporter(ray.train.report, ray.train.Checkpoint, meter,
@@ -257,8 +237,7 @@ def train_trainable(config: dict[str, Any], settings: TrialSettings) -> None:
     cfg = trial_config(settings, config)
     trainer = TorchTrainer(
         train_worker,
-        train_loop_config={"run": _flatten(cfg), "settings": settings,
-                           "poison": _poisoned(settings, _index(ctx))},
+        train_loop_config={"run": _flatten(cfg), "settings": settings},
         scaling_config=ray.train.ScalingConfig(num_workers=settings.workers, use_gpu=settings.use_gpu,
                                                resources_per_worker={"CPU": settings.cpus_per_worker}),
         # A deterministic name lets the Train run resume after the Tune trial is restored.
@@ -296,6 +275,16 @@ def _flatten(cfg: RunConfig) -> dict[str, Any]:
     return flatten(cfg)
 
 
+def robustness_config(settings: TrialSettings, spec: dict[str, Any]) -> RunConfig:
+    """The config of one robustness run: the base, its variant's overrides (``fsrf.variants``), its seed
+    and its paired-mask overlap (None: independent views)."""
+    from fsrf.config import apply_overrides
+
+    flat = {**settings.base, **variants.get(spec["variant"]).overrides, "seed": spec["seed"],
+            "missing.overlap": spec["overlap"], "train.epochs": settings.max_epochs, "train.threads": settings.threads}
+    return build_config(apply_overrides({}, flat), where="robustness run")
+
+
 def robustness_trainable(config: dict[str, Any], settings: TrialSettings) -> None:
     """One run of a robustness study: train a variant with a seed, then the test protocol once.
 
@@ -305,21 +294,18 @@ def robustness_trainable(config: dict[str, Any], settings: TrialSettings) -> Non
     """
     from ray import tune
 
-    from fsrf.config import apply_overrides
     from fsrf.train import fit, representations
-    from studies.robustness import variant_overrides
 
     _quiet()
     spec = config["spec"]
-    flat = {**settings.base, **variant_overrides(spec["variant"]), "seed": spec["seed"],
-            "missing.overlap": spec["overlap"], "train.epochs": settings.max_epochs, "train.threads": settings.threads}
-    cfg = build_config(apply_overrides({}, flat), where="robustness run")
+    variant = variants.get(spec["variant"])
+    cfg = robustness_config(settings, spec)
     torch.set_num_threads(settings.threads)
     resume = load_state(tune.get_checkpoint())
     meter = Meter(resume=resume, gpus=int(settings.use_gpu))
     prep = prepared_for(cfg)
     manifest = run_manifest(settings, cfg, prep)
-    if spec["variant"] == "ridge":  # no training loop: a closed-form fit on the frozen states
+    if variant.closed_form:  # no training loop: ridge regression on the frozen states, one "epoch"
         from fsrf.baselines import ridge_baseline
 
         tune.report({**ridge_baseline(prep, mask_seed=cfg.eval.mask_seed), "epoch": 1, "best_epoch": 1,

@@ -235,12 +235,10 @@ def test_redact_and_credentials_leave_the_uri(monkeypatch):
     assert redact("http://10.0.0.5:5000") == "http://10.0.0.5:5000"
 
 
-def test_a_new_study_never_inherits_an_optuna_history(tmp_path, monkeypatch):
+def test_a_new_study_never_inherits_an_optuna_history(tmp_path):
     """A storage that already holds a study of this name is refused unless --resume (it would silently
     continue that search); with --resume it is opened."""
     import optuna
-
-    monkeypatch.syspath_prepend(str(ROOT / "studies"))  # the entry points import their _cli helper
 
     from fsrf.errors import InputError
     from studies.tune_lambdas import optuna_storage

@@ -46,6 +46,7 @@ from fsrf.config import flatten, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "studies" / "tune_lambdas.py"
+NAN_SCRIPT = ROOT / "tests" / "nan_study.py"  # the same driver, one trial's loss NaN
 BIN = Path(sys.executable).parent  # ray and mlflow of this environment
 TINY = ["data.size_scale=0.05", "model.width=16", "model.seq_width=8"]
 SETS = [a for kv in TINY for a in ("--set", kv)]
@@ -189,9 +190,10 @@ def test_lost_worker_node(ray_cluster, tmp_path, fsrf_cache):
     assert worker_pids, "the worker node has no processes"
     # batches of 4 stretch an epoch to ~1 s, so that the kill falls inside a trial; grace = max epochs:
     # ASHA stops nobody, every trial should run all its epochs.
-    args = [sys.executable, str(SCRIPT), "--address", cluster["address"], *SETS, "--set", "train.batch_size=4",
+    # tests/nan_study.py: the study's own driver, trial `nan_trial` trained on NaN labels
+    args = [sys.executable, str(NAN_SCRIPT), str(nan_trial), "--address", cluster["address"], *SETS, "--set", "train.batch_size=4",
             "--name", "c", "--num-samples", str(n_trials), "--max-epochs", str(epochs),
-            "--grace-period", str(epochs), "--max-failures", "3", "--nan-trial", str(nan_trial)]
+            "--grace-period", str(epochs), "--max-failures", "3"]
     t0 = time.time()
     log = open(tmp_path / "driver.log", "w")
     driver = subprocess.Popen(args, cwd=tmp_path, env=base_env(FSRF_CACHE=str(fsrf_cache)), stdout=log,
@@ -416,11 +418,8 @@ def test_each_cluster_file_opens_with_its_commands(name):
 
 def test_study_commands_in_cluster_files_parse():
     """Every study command the cluster files show is accepted by the study's own parser."""
-    sys.path.insert(0, str(ROOT / "studies"))
-    try:
-        from studies.tune_lambdas import parse, validate
-    finally:
-        sys.path.remove(str(ROOT / "studies"))
+    from studies.tune_lambdas import parse, validate
+
     seen = 0
     for name in ("gpu-cluster.yaml", "kuberay.yaml", "README.md"):
         for argv in study_commands((ROOT / "cluster" / name).read_text()):

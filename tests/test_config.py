@@ -6,7 +6,7 @@ import pytest
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from fsrf.config import RunConfig, apply_overrides, build_config, flatten, load_config, unflatten
+from fsrf.config import RunConfig, apply_overrides, build_config, flatten, load_config, parse_value, unflatten
 from fsrf.errors import InputError
 
 # SPEC section 6: the flat names that MLflow params and Tune search spaces use.
@@ -73,6 +73,18 @@ def test_flatten_names_and_round_trip():
 
     assert len(flat) == leaves(cfg)
     assert flat["missing.modality_scale.a"] == 1.0
+
+
+def test_one_parser_reads_set_values_and_mlflow_params():
+    """``--set`` text and MLflow's string params (``str(value)``; ``--from-run`` reads a tuning study's
+    ``best.*`` back) go through the same ``parse_value``: a config written as strings reads back equal."""
+    cfg = load_config(None, ["train.lr=1e-05", "missing.schedule=cosine", "model.dhf=false", "loss.tau=0.25",
+                             "eval.modality_rates=[[0.9, 0.3, 0.3]]", "seed=7"])
+    as_params = {k: str(v) for k, v in flatten(cfg).items() if v is not None}  # what MLflow keeps
+    assert build_config(unflatten({k: parse_value(v) for k, v in as_params.items()})) == cfg
+    assert parse_value("0.3") == 0.3 and parse_value("true") is True and parse_value("null") is None
+    assert parse_value("cosine") == "cosine" and parse_value("[1, 2") == "[1, 2"  # not YAML: the text itself
+    assert parse_value(0.3) == 0.3 and parse_value(False) is False  # already a value: as it is
 
 
 def test_config_is_frozen():

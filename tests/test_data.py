@@ -12,7 +12,9 @@ from collections import Counter
 import numpy as np
 import pytest
 
+from fsrf.config import DataConfig, build_config
 from fsrf.data import LEXICON, NEGATED, PRESETS, SEQ_LEN, SPLITS, fingerprint, load_dataset, synthetic
+from fsrf.errors import InputError
 
 ARRAYS = ("labels", "audio", "audio_lengths", "vision", "vision_lengths")
 
@@ -90,11 +92,12 @@ def test_same_seed_same_data_other_seed_differs():
 
 
 def test_loader_is_the_generator():
-    a = load_dataset(source="synthetic", preset="mosi", seed=4, size_scale=0.02)
+    a = load_dataset(DataConfig(preset="mosi", seed=4, size_scale=0.02))
     b = synthetic(preset="mosi", seed=4, size_scale=0.02)
     assert fingerprint(a) == fingerprint(b)
-    with pytest.raises(ValueError, match="data.source"):
-        load_dataset(source="imdb")
+    assert fingerprint(load_dataset(DataConfig(preset="mosi", seed=5, size_scale=0.02))) != fingerprint(a)
+    with pytest.raises(InputError, match="data.source"):  # the config refuses an unknown source
+        build_config({"data": {"source": "imdb"}})
     with pytest.raises(ValueError, match="data.preset"):
         synthetic(preset="iemocap")
 

@@ -73,8 +73,7 @@ def original(tmp_path_factory, fsrf_cache):
 def test_train_writes_a_manifest_matching_its_run(original):
     _, m, metrics = original
     cfg = load_config(None, SMOKE)
-    assert m["data"]["fingerprint"] == fingerprint(load_dataset(source="synthetic", preset="mosi", seed=0,
-                                                                size_scale=0.05))
+    assert m["data"]["fingerprint"] == fingerprint(load_dataset(cfg.data))
     assert m["seeds"]["train"] == 3 and m["config"]["seed"] == 3
     assert m["config"]["model.width"] == cfg.model.width == 16
     assert m["code"]["commit"] == git(ROOT, "rev-parse", "HEAD")

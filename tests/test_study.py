@@ -2,8 +2,9 @@
 
 Each study runs in a fresh interpreter (its own local Ray with 2 CPUs, its own folder as the working
 directory: ``./mlflow.db`` and ``./runs/tune``) on the real synthetic data shrunk to a few dozen samples.
-One module-scoped study (4 trials x 2 epochs, trial 2 poisoned with NaN) feeds most assertions; the Ray
-Train path and resume each need a study of their own. Every process a study leaves behind (found by a
+One module-scoped study (4 trials x 2 epochs, trial 2 trained on NaN labels by ``tests/nan_study.py``,
+the real driver with a test trainable) feeds most assertions; the Ray Train path and resume each need a
+study of their own. Every process a study leaves behind (found by a
 marker in its environment, never by name) is killed, so other Ray sessions on the machine are untouched.
 """
 
@@ -30,6 +31,7 @@ pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "studies" / "tune_lambdas.py"
+NAN_SCRIPT = ROOT / "tests" / "nan_study.py"  # the same driver, one trial's loss NaN (no such CLI switch)
 SPACE = ROOT / "configs" / "search_space.yaml"
 TINY = ["data.size_scale=0.05", "model.width=16", "model.seq_width=8"]
 ARGS = [a for kv in TINY for a in ("--set", kv)] + ["--cpus", "2"]
@@ -82,10 +84,12 @@ def reap(cwd: Path, *, grace: float = 0.0) -> list[int]:
     return left
 
 
-def run_study(cwd: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run the CLI in ``cwd``; on a timeout, kill everything it started before failing."""
+def run_study(cwd: Path, *args: str, timeout: float = 300, nan_trial: int | None = None) -> subprocess.CompletedProcess:
+    """Run the CLI in ``cwd`` (with ``nan_trial``: ``tests/nan_study.py``, that trial's loss NaN); on a
+    timeout, kill everything it started before failing."""
+    command = [str(SCRIPT)] if nan_trial is None else [str(NAN_SCRIPT), str(nan_trial)]
     try:
-        return subprocess.run([sys.executable, str(SCRIPT), *ARGS, *args], cwd=cwd, env=study_env(cwd),
+        return subprocess.run([sys.executable, *command, *ARGS, *args], cwd=cwd, env=study_env(cwd),
                               capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         reap(cwd)
@@ -124,6 +128,31 @@ def base_flat() -> dict:
     return flatten(load_config(None, TINY))
 
 
+# ----------------------------------------------------------------------------- variants (no Ray needed)
+
+def test_robustness_variants_come_from_fsrf_variants():
+    """The robustness study offers ``fsrf.variants``' names and defaults; each run trains exactly its
+    variant's overrides and logs the values it trained with; the tuning study's ``fsrf.variant`` tag of a
+    trained variant's config names that variant."""
+    from fsrf import variants
+    from studies import robustness, worker
+
+    assert robustness.checked(robustness.parse([]))[0] == list(variants.DEFAULT)
+    assert robustness.checked(robustness.parse(["--variants", ",".join(variants.NAMES)]))[0] == list(variants.NAMES)
+    settings = worker.TrialSettings(base=base_flat(), max_epochs=2)
+    for v in variants.VARIANTS:
+        spec = {"variant": v.name, "seed": 3, "overlap": None}
+        flat = flatten(worker.robustness_config(settings, spec))
+        assert all(flat[k] == x for k, x in v.overrides.items())
+        assert {k: x for k, x in flat.items() if k not in v.overrides and k != "seed"} == \
+            {k: x for k, x in base_flat().items() if k not in v.overrides and k != "seed"} | {"train.epochs": 2,
+                                                                                             "train.threads": 1}
+        logged = robustness._spec_params(spec)  # the run's own MLflow params
+        assert all(flat[k] == x for k, x in logged.items() if k in flat) and logged["variant"] == v.name
+        if not v.closed_form:
+            assert variants.of_config(flat) == v.name
+
+
 # ---------------------------------------------------------------------------------- the shared study
 
 @pytest.fixture(scope="module")
@@ -132,7 +161,7 @@ def study(tmp_path_factory, fsrf_cache):
     cwd = tmp_path_factory.mktemp("study")
     t0 = time.time()
     proc = run_study(cwd, "--name", "s", "--num-samples", str(N_TRIALS), "--max-epochs", str(MAX_EPOCHS),
-                     "--grace-period", "1", "--nan-trial", str(NAN_TRIAL), "--max-failures", "0")
+                     "--grace-period", "1", "--max-failures", "0", nan_trial=NAN_TRIAL)
     wall = time.time() - t0
     leftover = reap(cwd, grace=15)  # a study that exits shuts its local Ray down
     print(f"shared study: {wall:.1f} s")
@@ -248,7 +277,7 @@ def test_parquet_tables_agree_with_mlflow(study):
 
 
 def test_failed_trial_ends_failed_and_the_study_goes_on(study):
-    """``--nan-trial 2 --max-failures 0``: trial 2 fails, its run says why; the study still exits 0."""
+    """Trial 2's loss turns NaN (``--max-failures 0``): it fails, its run says why; the study still exits 0."""
     ml, trials, proc = study["ml"], study["trials"], study["proc"]
     bad = ml.by_index(NAN_TRIAL)
     assert bad.info.status == "FAILED"
