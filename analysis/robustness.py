@@ -28,8 +28,8 @@ import polars as pl
 from analysis.tables import complete_condition
 from fsrf import MODALITIES, variants
 from fsrf.metrics import effective_robustness, minmax_normalise, relative_robustness
-from fsrf.missing import INTRA_POINTS, Schedule, intra_name, modality_name
-from fsrf.protocol import HEADLINE
+from fsrf.missing import SCHEDULES, Schedule
+from fsrf.protocol import HEADLINE, INTRA_POINTS, Condition
 from fsrf.variants import ROBUSTNESS_BASELINE
 
 P_GRID = (0.0, *INTRA_POINTS)  # the 11 points of a curve
@@ -43,10 +43,10 @@ MODALITY_NAMES = {"l": "language", "a": "audio", "v": "visual"}
 
 def point_name(kind: str, p: float) -> str:
     if kind in MODALITY_KINDS:
-        return modality_name(MODALITY_KINDS[kind], p)
+        return Condition("modality", modality=MODALITY_KINDS[kind], rate=p).name
     if kind not in KINDS:
         raise ValueError(f"unknown curve kind {kind!r}; one of {', '.join([*KINDS, *MODALITY_KINDS])}")
-    return intra_name(p) if kind == "intra" else f"unk_{p}"
+    return Condition("intra", rate=p).name if kind == "intra" else f"unk_{p}"
 
 
 def curve_columns(df: pl.DataFrame, metric: str = HEADLINE, kind: str = "intra") -> list[str]:
@@ -201,19 +201,19 @@ def max_training_rate(params: dict[str, str], *, modality: str | None = None) ->
     """The largest missing rate a run's MRM schedule reaches, from its (string) params; None if unknown.
 
     ``Schedule(missing.schedule, missing.p0, missing.p1, missing.at).max_rate(epochs)`` with the epochs
-    the run trained for (``study.epochs``, else ``train.epochs``); without them, the largest rate any
-    run length reaches (p0 for ``constant``, max(p0, p1) otherwise). With ``modality``, times that
+    the run trained for (``study.epochs``, else ``train.epochs``); without them, ``max_rate()``'s bound
+    for every run length (p0 for ``constant``, max(p0, p1) otherwise). With ``modality``, times that
     modality's ``missing.modality_scale.<m>`` (the rate at which its frames are dropped).
     """
     kind = params.get("missing.schedule")
     p0, p1, at = (_number(params, f"missing.{k}") for k in ("p0", "p1", "at"))
-    if kind not in ("constant", "linear", "cosine", "step") or p0 is None:
+    if kind not in SCHEDULES or p0 is None:
         return None
     if kind != "constant" and p1 is None:
         return None
     schedule = Schedule(kind, p0, p1, 0.5 if at is None else at)
     epochs = _number(params, "study.epochs") or _number(params, "train.epochs")
-    top = schedule.max_rate(int(epochs)) if epochs else max(schedule.p0, schedule.p1 if kind != "constant" else p0)
+    top = schedule.max_rate(int(epochs) if epochs else None)
     if modality is not None:
         scale = _number(params, f"missing.modality_scale.{modality}")
         top *= 1.0 if scale is None else scale

@@ -27,7 +27,7 @@ import polars as pl
 from analysis import figures, load, probe, robustness, tables, tuning
 from fsrf import variants
 from fsrf.errors import InputError
-from fsrf.protocol import BEST_OBJECTIVE, HEADLINE
+from fsrf.protocol import BEST_OBJECTIVE, HEADLINE, all_rates_conditions
 from fsrf.variants import REFERENCE
 
 VERSIONED = ("torch", "ray", "mlflow", "optuna", "polars", "pot", "fsrf", "numpy", "scipy", "scikit-learn",
@@ -387,7 +387,8 @@ def modality_section(rep: Report, main: pl.DataFrame, metric: str, *, text_only:
     parts = [fig, text, frame_html(table, table_id="modality-auc"),
              f"<p>Per seed spread and effective robustness per modality: <code>modality_robustness_"
              f"{esc(metric)}.csv</code>.</p>"]
-    rates = [c.split("/")[2] for c in main.columns if c.startswith(f"test/{metric}/rates_")]
+    columns = set(main.columns)
+    rates = [c.name for c in all_rates_conditions() if f"test/{metric}/{c.name}" in columns]
     if rates:
         rows = []
         for variant in variants.ordered(main["variant"].to_list()):

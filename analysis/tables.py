@@ -23,11 +23,11 @@ from scipy import stats
 from analysis import uncertainty
 from analysis.load import long_metrics
 from fsrf import variants
-from fsrf.missing import MISSING_CONDITIONS
-from fsrf.protocol import HEADLINE
+from fsrf.protocol import HEADLINE, MISSING
 from fsrf.variants import REFERENCE
 
 ALPHA = 0.05
+MISSING_CONDITIONS = tuple(c.name for c in MISSING)  # the names of the six conditions of avg_missing
 # The paper's column order: the six missing conditions, their mean, then the complete modalities.
 TABLE1_CONDITIONS = (*MISSING_CONDITIONS, "avg_missing", "lav")
 TABLE2_COLUMNS = (("Intra-MM", "intra_avg"), ("Inter-MM", "avg_missing"), ("CM", "lav"))

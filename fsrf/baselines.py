@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from fsrf.metrics import sentiment_metrics
-from fsrf.missing import all_conditions, condition_view
+from fsrf.protocol import conditions_for, summarise
 
 ALPHAS = tuple(np.logspace(-2, 4, 13))
 
@@ -28,8 +28,6 @@ def ridge_baseline(prep, *, mask_seed: int, alphas=ALPHAS) -> dict[str, float]:
     ``val/...`` and ``test/...`` metrics under every condition the data has."""
     from sklearn.linear_model import RidgeCV
 
-    from fsrf.train import summarise
-
     train = prep.splits["train"]
     if not train.inputs.text.is_floating_point():
         raise ValueError("the ridge baseline reads cached (frozen) encoder states: set encoder.finetune=false")
@@ -41,8 +39,8 @@ def ridge_baseline(prep, *, mask_seed: int, alphas=ALPHAS) -> dict[str, float]:
         data = prep.splits[split]
         valid = data.inputs.valid()
         per_cond = {}
-        for cond in all_conditions(prep.modalities):
-            view = condition_view(cond, valid, seed=mask_seed, available=prep.modalities)
+        for cond in conditions_for(prep.modalities):
+            view = cond.view(valid, seed=mask_seed, available=prep.modalities)
             feats = pooled(data.inputs.text, valid[0], view.zeroed(0, valid[0]))
             per_cond[cond] = sentiment_metrics(model.predict(feats), data.labels.numpy())
         out.update(summarise(per_cond, prefix="val" if split == "valid" else "test", modalities=prep.modalities))

@@ -108,7 +108,9 @@ class MissingConfig(_Section):
 
     @model_validator(mode="after")
     def _scaled_rates_are_rates(self) -> "MissingConfig":
-        top = self.p0 if self.schedule == "constant" else max(self.p0, self.p1)  # the largest scheduled rate
+        from fsrf.missing import Schedule  # torch: imported only when a config is validated
+
+        top = Schedule(self.schedule, self.p0, self.p1, self.at).max_rate()  # the largest scheduled rate
         for m in ("l", "a", "v"):
             scale = getattr(self.modality_scale, m)
             if top * scale > 1.0:

@@ -1,11 +1,12 @@
-"""Missing modalities for FSRF: the MRM views seen in training and the fixed masks of the test protocol.
+"""Missing modalities for FSRF: the MRM views seen in training, and the masks they are made of.
 
 SPEC section 2 is the contract. Two kinds of missingness act on a batch:
 - *inter-modality*: a whole modality is absent (``View.present``);
 - *intra-modality*: some valid frames (tokens for text) are dropped (``View.drop``).
 A ``View`` only says *which* positions are lost; the model (or collate) turns them into zeros through
 ``View.zeroed``, so this file never touches features and works the same for cached text states, live
-token ids (the caller maps a zeroed token to ``[UNK]``), audio and vision.
+token ids (the caller maps a zeroed token to ``[UNK]``), audio and vision. The fixed views of the test
+protocol are built from the same pieces in ``fsrf.protocol`` (``Condition.view``).
 
 Axis legend: B samples in a batch (N for a whole split), T_m positions of modality m (padded),
 3 modalities in the fixed order (l, a, v) of ``fsrf.MODALITIES``.
@@ -17,7 +18,6 @@ vectorised over the batch, so a seed reproduces a mask exactly.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -27,18 +27,10 @@ from torch import Tensor
 
 from fsrf import MODALITIES
 
-# Inter-modality test conditions of Table I, named by their present modalities.
-TABLE_CONDITIONS = ("l", "a", "v", "la", "lv", "av", "lav")
-MISSING_CONDITIONS = TABLE_CONDITIONS[:-1]  # the six whose mean is `avg_missing`
-# round() so that 0.3 is the decimal 0.3 (not 0.30000000000000004) and names read "intra_0.3".
-INTRA_POINTS = tuple(round(0.1 * k, 1) for k in range(1, 11))  # Fig. 2's curve
-BURST_POINTS = (0.2, 0.4, 0.6, 0.8, 1.0)  # extension, not in the paper
-# The rates a ``rates_`` condition may give a modality: 0 (kept complete) or one of the intra points,
-# whose masks it reuses (``condition_view``).
-RATE_GRID = (0.0, *INTRA_POINTS)
-
-# The 7 non-empty modality sets, in TABLE_CONDITIONS order; presence is sampled as an index into it.
-_SUBSETS = torch.tensor([[m in name for m in MODALITIES] for name in TABLE_CONDITIONS])  # (7, 3) bool
+# The 7 non-empty modality sets, in Table I's order (l, a, v, la, lv, av, lav); presence is sampled as
+# an index into it.
+_SUBSETS = torch.tensor([[m in name for m in MODALITIES]
+                         for name in ("l", "a", "v", "la", "lv", "av", "lav")])  # (7, 3) bool
 
 
 @dataclass(frozen=True)
@@ -218,10 +210,14 @@ def mrm_views(
     return views[0], views[1]
 
 
+SCHEDULES = ("constant", "linear", "cosine", "step")
+
+
 @dataclass(frozen=True)
 class Schedule:
     """The training missing rate as a function of the epoch (a searched hyperparameter, SPEC section 2).
 
+    ``schedule`` is the config's ``missing.schedule`` (the fields are named as in ``MissingConfig``):
     - ``constant``: p0 throughout (p1 and at unused);
     - ``linear``: p0 at epoch 0 to p1 at the last epoch (num_epochs - 1);
     - ``cosine``: p0 + (p1 - p0) * (1 - cos(pi * t)) / 2, t = epoch / (num_epochs - 1);
@@ -230,15 +226,14 @@ class Schedule:
     Wrong values are refused with the config field's name (``missing.p1 must be in [0, 1], got 1.3``).
     """
 
-    kind: Literal["constant", "linear", "cosine", "step"]
+    schedule: Literal["constant", "linear", "cosine", "step"]
     p0: float
     p1: float | None = None  # None: same as p0
     at: float = 0.5
 
     def __post_init__(self) -> None:
-        kinds = ("constant", "linear", "cosine", "step")
-        if self.kind not in kinds:
-            raise ValueError(f"missing.kind must be one of {', '.join(kinds)}, got {self.kind!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"missing.schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         if self.p1 is None:
             object.__setattr__(self, "p1", self.p0)  # frozen: the one sanctioned way to fill a default
         for name in ("p0", "p1", "at"):
@@ -252,192 +247,32 @@ class Schedule:
         if num_epochs < 1 or not 0 <= epoch < num_epochs:
             raise ValueError(f"epoch must be in [0, num_epochs), got epoch={epoch}, num_epochs={num_epochs}")
         t = epoch / (num_epochs - 1) if num_epochs > 1 else 0.0
-        if self.kind == "constant":
+        if self.schedule == "constant":
             return self.p0
-        if self.kind == "linear":
+        if self.schedule == "linear":
             return self.p0 + (self.p1 - self.p0) * t
-        if self.kind == "cosine":
+        if self.schedule == "cosine":
             return self.p0 + (self.p1 - self.p0) * (1.0 - math.cos(math.pi * t)) / 2.0
         return self.p0 if epoch < self.at * num_epochs else self.p1
 
-    def max_rate(self, num_epochs: int) -> float:
-        """The largest rate of a run of ``num_epochs`` epochs (the report marks it on every curve:
-        robustness measured beyond the highest training rate is extrapolation)."""
+    def max_rate(self, num_epochs: int | None = None) -> float:
+        """The largest rate of the schedule: the one rule for it (config checks, the report's marks).
+
+        With ``num_epochs``, the largest rate of a run of that many epochs (the report marks it on every
+        curve: robustness measured beyond the highest training rate is extrapolation). Without, the
+        bound that holds for every run length: p0 for ``constant``, max(p0, p1) otherwise (what a
+        config must stay valid for before its run length is known).
+        """
+        if num_epochs is None:
+            return self.p0 if self.schedule == "constant" else max(self.p0, self.p1)
         if num_epochs < 1:
             raise ValueError(f"num_epochs must be >= 1, got {num_epochs}")
         return max(self.rate(epoch, num_epochs) for epoch in range(num_epochs))
 
 
-def intra_name(p: float) -> str:
-    """Condition name of an intra-curve point, e.g. ``intra_0.3``."""
-    return f"intra_{p}"
-
-
-def burst_name(p: float) -> str:
-    """Condition name of a burst point, e.g. ``burst_0.4``."""
-    return f"burst_{p}"
-
-
-def modality_name(m: str, p: float) -> str:
-    """Condition name of a per-modality point, e.g. ``intra_a_0.3``: only audio loses positions, at ratio p."""
-    return f"intra_{m}_{p}"
-
-
-def _grid_rate(value: float, name: str) -> float:
-    """A rate of a ``rates_`` condition, checked to lie on ``RATE_GRID`` and returned as its grid value."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0 \
-            or abs(10 * value - round(10 * value)) > 1e-9:
-        raise ValueError(f"{name} must be one of {', '.join(map(str, RATE_GRID))} (each modality reuses the "
-                         f"masks of its intra_<m>_<p> points), got {value!r}")
-    return RATE_GRID[round(10 * value)]
-
-
-def rates_name(rates: Sequence[float]) -> str:
-    """Condition name of "each modality its own rate", e.g. ``rates_l0.3_a0.1_v0.5`` for (0.3, 0.1, 0.5)."""
-    if len(rates) != 3:
-        raise ValueError(f"rates must hold 3 numbers (l, a, v), got {tuple(rates)}")
-    return "rates_" + "_".join(f"{m}{_grid_rate(r, f'rate of {m}')}" for m, r in zip(MODALITIES, rates))
-
-
-_RATES = re.compile(r"rates_l([0-9.]+)_a([0-9.]+)_v([0-9.]+)")
-
-
-def _parse_rates(name: str) -> tuple[float, float, float] | None:
-    """The (l, a, v) rates of a ``rates_`` condition name; None if ``name`` is not one."""
-    found = _RATES.fullmatch(name)
-    if found is None:
-        return None
-    try:
-        rates = tuple(_grid_rate(float(x), "rate") for x in found.groups())
-    except ValueError:
-        return None
-    return rates if rates_name(rates) == name else None  # one spelling per condition: "0.3", not "0.30"
-
-
-def _check_modalities(modalities: Sequence[str]) -> None:
-    unknown = [m for m in modalities if m not in MODALITIES]
-    if unknown or not modalities:
-        raise ValueError(f"modalities must be a non-empty subset of {MODALITIES}, got {tuple(modalities)}")
-
-
-def all_conditions(modalities: Sequence[str] = MODALITIES) -> list[str]:
-    """The ordered test conditions that make sense for a dataset carrying ``modalities``.
-
-    Table conditions whose modalities the dataset has (all 7 with (l, a, v); only ``l`` with text
-    alone), then the ten intra points, then the burst points; intra and burst act on every modality the
-    dataset has. The per-modality extension is listed by ``modality_conditions``.
-    """
-    _check_modalities(modalities)
-    table = [name for name in TABLE_CONDITIONS if set(name) <= set(modalities)]
-    return table + [intra_name(p) for p in INTRA_POINTS] + [burst_name(p) for p in BURST_POINTS]
-
-
-def modality_conditions(modalities: Sequence[str] = MODALITIES,
-                        rates: Sequence[Sequence[float]] = ()) -> list[str]:
-    """The per-modality test conditions (extension, not in the paper) for data carrying ``modalities``.
-
-    For each modality m the data has, ``intra_<m>_<p>`` for p = 0.1 .. 1.0: m's valid positions are
-    dropped at ratio p and the other modalities stay complete (which modality's loss hurts most); then
-    one ``rates_l<r>_a<r>_v<r>`` per (l, a, v) triple of ``rates``: every modality dropped at its own
-    rate at once. Empty for single-modality data, whose only curve is already ``intra_p``.
-    """
-    _check_modalities(modalities)
-    if len(modalities) < 2:
-        return []
-    curves = [modality_name(m, p) for m in MODALITIES if m in modalities for p in INTRA_POINTS]
-    return curves + [rates_name(r) for r in rates]
-
-
-def _condition_index(name: str) -> int:
-    """A stable number in [0, 1000) for a condition, from its name's structure (not from a list's order).
-
-    Table conditions 0..6, ``intra_p`` 100 + 10p, ``burst_p`` 200 + 10p, ``intra_<m>_p`` 300 + 100k + 10p
-    for the k-th modality of (l, a, v): adding or reordering conditions never changes the masks of
-    existing ones. ``rates_`` conditions have none: they reuse the masks of their ``intra_<m>_p`` parts.
-    """
-    if name in TABLE_CONDITIONS:
-        return TABLE_CONDITIONS.index(name)
-    parts = name.split("_")
-    if len(parts) == 3 and parts[0] == "intra" and parts[1] in MODALITIES:
-        return 300 + 100 * MODALITIES.index(parts[1]) + round(10 * float(parts[2]))
-    kind, p = parts
-    return {"intra": 100, "burst": 200}[kind] + round(10 * float(p))
-
-
-_MAX_SEED = 2**32 // 1000  # torch's CPU generator (mt19937) keeps only the low 32 bits of a seed
-
-
-def _condition_generator(seed: int, name: str) -> torch.Generator:
-    """A generator fixed by (seed, condition name) alone: seeded with seed * 1000 + the condition's index.
-
-    Not hash(): str hashes are salted per process, and the masks must be the same in every process, for
-    every model and every call. The seed must fit in 32 bits, as mt19937 silently drops the rest (two
-    seeds 2**32 apart give the same stream), so distinct (seed, name) pairs stay distinct.
-    """
-    _check_seed(seed)
-    return torch.Generator().manual_seed(seed * 1000 + _condition_index(name))
-
-
-def _check_seed(seed: int) -> None:
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < _MAX_SEED:
-        raise ValueError(f"seed must be an int in [0, {_MAX_SEED}), got {seed!r}")
-
-
-def _one_modality_drop(m: int, mask: Tensor, p: float, *, seed: int) -> Tensor:
-    """The (N, T_m) drop mask of modality ``m`` in ``intra_<m>_<p>``, shared by every ``rates_`` condition
-    that gives m the rate p, so that a rates condition differs from it only in the other modalities."""
-    return intra_drop(mask, p, generator=_condition_generator(seed, modality_name(MODALITIES[m], p)))
-
-
-def condition_view(
-    name: str, valid: Sequence[Tensor], *, seed: int, available: Sequence[str] = MODALITIES
-) -> View:
-    """The fixed view of a whole split (B = N) under one named test condition.
-
-    ``valid`` holds the three (N, T_m) masks in (l, a, v) order (an (N, 0) mask for a modality the
-    dataset lacks). Table conditions (``la``, ...) make the named modalities present and the others
-    absent, with no drops; ``intra_p`` drops each valid position of every available modality w.p. p;
-    ``burst_p`` drops one burst per available modality (``burst_drop``); ``intra_<m>_<p>`` drops valid
-    positions of modality m only, w.p. p; ``rates_l<r>_a<r>_v<r>`` drops each available modality at its
-    own rate, with the masks of the matching ``intra_<m>_<r>`` (``modality_conditions``). Modalities not
-    in ``available`` are always absent. The masks depend on (seed, name) only, so two models evaluated
-    with the same seed see identical masks; take a batch's rows with ``slice_view``.
-    """
-    names = all_conditions(available) + modality_conditions(available)
-    rates = _parse_rates(name) if len(available) > 1 else None
-    if name not in names and rates is None:
-        rates_hint = (" and rates_l<r>_a<r>_v<r> with r in " + ", ".join(map(str, RATE_GRID))
-                      if len(available) > 1 else "")
-        raise ValueError(f"unknown test condition {name!r} for modalities {tuple(available)}; "
-                         f"valid: {', '.join(names)}{rates_hint}")
-    if len(valid) != 3:
-        raise ValueError(f"valid must hold 3 masks (l, a, v), got {len(valid)}")
-    _check_seed(seed)
-    n = valid[0].shape[0]
-    has = torch.tensor([m in available for m in MODALITIES])  # (3,)
-    none = tuple(torch.zeros_like(mask, dtype=torch.bool) for mask in valid)
-    parts = name.split("_")
-    if name in TABLE_CONDITIONS:
-        present = torch.tensor([m in name for m in MODALITIES]) & has
-        drops = none
-    elif rates is not None:
-        present = has
-        drops = tuple(_one_modality_drop(m, mask, r, seed=seed) if has[m] and r > 0 else none[m]
-                      for m, (mask, r) in enumerate(zip(valid, rates)))
-    elif len(parts) == 3:  # intra_<m>_<p>
-        k = MODALITIES.index(parts[1])
-        present = has
-        drops = tuple(_one_modality_drop(m, mask, float(parts[2]), seed=seed) if m == k else none[m]
-                      for m, mask in enumerate(valid))
-    else:
-        kind, p = parts
-        dropper = intra_drop if kind == "intra" else burst_drop
-        generator = _condition_generator(seed, name)
-        present = has
-        # A lacking modality is absent anyway; skipping it keeps an available one's mask independent of it.
-        drops = tuple(dropper(mask, float(p), generator=generator) if has[m] else none[m]
-                      for m, mask in enumerate(valid))
-    return View(present=present.expand(n, 3).clone().to(valid[0].device), drop=drops)
+def zeroed_masks(view: View, valid: Sequence[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+    """``View.zeroed`` of each modality: the three (B, T_m) masks of positions the model sees as zeros."""
+    return tuple(view.zeroed(m, valid[m]) for m in range(len(MODALITIES)))
 
 
 def slice_view(view: View, index: slice | Tensor) -> View:

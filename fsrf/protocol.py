@@ -1,13 +1,458 @@
 """The evaluation protocol (SPEC section 2): the test conditions, how a model is scored under them, and
 the one number a study selects and tunes on.
 
-(Being assembled from ``fsrf/missing.py`` and ``fsrf/train.py``; the names below are final.)
+A test condition is a ``Condition`` value: what is lost (its ``kind`` and the fields that kind needs),
+the name written for MLflow and the tables (``la``, ``intra_0.3``, ``burst_0.4``, ``intra_a_0.3``,
+``rates_l0.9_a0.3_v0.3``), and its fixed mask (``Condition.view``). A name is only ever written: code
+that needs to know what a condition means keeps the value, never parses the name back.
+
+- Table I: ``TABLE``, the seven present-modality sets; ``MISSING``, the six whose mean is ``avg_missing``.
+- Fig. 2: ``INTRA``, every modality loses frames at p = 0.1 .. 1.0; ``intra_avg`` is their mean.
+- Extensions, not in the paper: ``BURST`` (one contiguous block per modality), the per-modality curves
+  (``modality_curve``, one modality at a time) and ``rates`` conditions (each modality its own rate,
+  from ``eval.modality_rates``).
+
+Scoring: ``evaluate`` gives every metric under a list of conditions as flat
+``<prefix>/<metric>/<condition name>`` numbers, with the summaries of ``summarise``; ``predict`` and
+``representations`` score one view; ``evaluate_unk`` is the text-only ``[UNK]`` word-drop curve.
+
+Axis legend: N samples of a split, T_m positions of modality m (padded), M modalities of the model,
+D its width; 3 modalities in the fixed order (l, a, v) of ``fsrf.MODALITIES``.
 """
 
 from __future__ import annotations
+
+import functools
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from fsrf import MODALITIES
+from fsrf.metrics import sentiment_metrics
+from fsrf.missing import View, burst_drop, intra_drop, slice_view, zeroed_masks
+
+if TYPE_CHECKING:  # fsrf.train imports this module; the types are only annotations here
+    from fsrf.model import FSRF
+    from fsrf.train import Prepared, SplitTensors
 
 HEADLINE = "Non0_F1_score"  # SPEC section 5: the headline metric
 OBJECTIVE_CONDITION = "objective"  # the summary condition the study optimises (see ``summarise``)
 OBJECTIVE = f"val/{HEADLINE}/{OBJECTIVE_CONDITION}"  # per epoch, validation only
 BEST_OBJECTIVE = f"best/{OBJECTIVE}"  # the tuning study's objective: the objective at the selected epoch
 SELECTION_RULE = f"epoch with the best {OBJECTIVE} (one rule for every seed and metric)"
+
+# round() so that 0.3 is the decimal 0.3 (not 0.30000000000000004) and names read "intra_0.3".
+INTRA_POINTS = tuple(round(0.1 * k, 1) for k in range(1, 11))  # Fig. 2's curve
+BURST_POINTS = (0.2, 0.4, 0.6, 0.8, 1.0)  # extension, not in the paper
+# The rates a ``rates`` condition may give a modality: 0 (kept complete) or one of the intra points,
+# whose per-modality masks it reuses.
+RATE_GRID = (0.0, *INTRA_POINTS)
+
+Kind = Literal["table", "intra", "burst", "modality", "rates"]
+KINDS: tuple[Kind, ...] = ("table", "intra", "burst", "modality", "rates")
+# The fields each kind is made of; every other field stays None.
+_FIELDS = {"table": ("present",), "intra": ("rate",), "burst": ("rate",), "modality": ("modality", "rate"),
+           "rates": ("rates",)}
+# Table I's present sets in their order; the order fixes the table conditions' mask seeds (0..6).
+_TABLE_SETS = (("l",), ("a",), ("v",), ("l", "a"), ("l", "v"), ("a", "v"), ("l", "a", "v"))
+_MAX_SEED = 2**32 // 1000  # torch's CPU generator (mt19937) keeps only the low 32 bits of a seed
+
+
+def _on_grid(value: object, grid: tuple[float, ...], what: str, why: str = "") -> float:
+    """``value`` as the grid point it equals (0.30000000000000004 -> 0.3); refuses anything else."""
+    if not isinstance(value, bool) and isinstance(value, (int, float)):
+        for point in grid:
+            if abs(value - point) <= 1e-9:  # NaN compares False: refused
+                return point
+    raise ValueError(f"{what} must be one of {', '.join(map(str, grid))}{why}, got {value!r}")
+
+
+def _check_seed(seed: int) -> None:
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < _MAX_SEED:
+        raise ValueError(f"seed must be an int in [0, {_MAX_SEED}), got {seed!r}")
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One test condition of the protocol: what a whole split loses, its written name, and its fixed mask.
+
+    - ``Condition("table", present=("l", "a"))`` (or ``present="la"``): the named modalities present,
+      the others absent whole, no frame dropped (Table I; the name is the set, ``la``);
+    - ``Condition("intra", rate=p)``: every available modality drops each valid frame w.p. p (``intra_p``);
+    - ``Condition("burst", rate=p)``: every available modality loses one block of round(p * length)
+      frames (``burst_p``);
+    - ``Condition("modality", modality="a", rate=p)``: only that modality drops frames, w.p. p, the
+      others stay complete (``intra_a_p``);
+    - ``Condition("rates", rates=(r_l, r_a, r_v))``: each modality drops frames at its own rate, with the
+      masks of its own ``modality`` condition (``rates_l0.9_a0.3_v0.3``).
+    Rates must lie on their grid (``INTRA_POINTS``, ``BURST_POINTS``, ``RATE_GRID`` for ``rates``) and
+    are stored as the grid value; anything else is refused here, with the field's name.
+    """
+
+    kind: Kind
+    rate: float | None = None  # intra, burst, modality: the drop ratio p
+    modality: str | None = None  # modality: the one that loses frames, one of (l, a, v)
+    present: tuple[str, ...] | None = None  # table: the present modalities, in (l, a, v) order
+    rates: tuple[float, float, float] | None = None  # rates: the (l, a, v) drop ratios
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"Condition.kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
+        for field in ("rate", "modality", "present", "rates"):
+            needed = field in _FIELDS[self.kind]
+            if needed != (getattr(self, field) is not None):
+                raise ValueError(f"Condition.{field} is {'needed' if needed else 'not used'} by kind {self.kind!r}")
+        # frozen: object.__setattr__ is the one sanctioned way to store the normalised value
+        if self.kind == "table":
+            present = tuple(self.present) if isinstance(self.present, (str, tuple, list)) else ()
+            if not present or any(m not in MODALITIES for m in present) or len(set(present)) != len(present):
+                raise ValueError(f"Condition.present must be a non-empty set of modalities from {MODALITIES}, "
+                                 f"got {self.present!r}")
+            object.__setattr__(self, "present", tuple(m for m in MODALITIES if m in present))
+        elif self.kind == "rates":
+            if not isinstance(self.rates, (tuple, list)) or len(self.rates) != 3:
+                raise ValueError(f"Condition.rates must hold 3 numbers (l, a, v), got {self.rates!r}")
+            object.__setattr__(self, "rates", tuple(
+                _on_grid(r, RATE_GRID, f"Condition.rates[{m}]", " (each modality reuses the masks of its "
+                                                                 "intra_<m>_<p> points)")
+                for m, r in zip(MODALITIES, self.rates)))
+        else:
+            grid = BURST_POINTS if self.kind == "burst" else INTRA_POINTS
+            object.__setattr__(self, "rate", _on_grid(self.rate, grid, f"Condition.rate of kind {self.kind!r}"))
+            if self.kind == "modality" and self.modality not in MODALITIES:
+                raise ValueError(f"Condition.modality must be one of {MODALITIES}, got {self.modality!r}")
+
+    @property
+    def name(self) -> str:
+        """The name written for MLflow, metrics.json and the report (never parsed back)."""
+        if self.kind == "table":
+            return "".join(self.present)
+        if self.kind == "modality":
+            return f"intra_{self.modality}_{self.rate}"
+        if self.kind == "rates":
+            return "rates_" + "_".join(f"{m}{r}" for m, r in zip(MODALITIES, self.rates))
+        return f"{self.kind}_{self.rate}"  # intra_0.3, burst_0.4
+
+    def __str__(self) -> str:
+        return self.name
+
+    def applies_to(self, available: Sequence[str]) -> bool:
+        """Whether the condition makes sense for data carrying ``available`` modalities.
+
+        Table conditions need their modalities; per-modality and ``rates`` conditions need two or more
+        modalities (with one, the ``intra`` curve is already that modality's curve) and, for a
+        per-modality one, its modality.
+        """
+        if self.kind == "table":
+            return set(self.present) <= set(available)
+        if self.kind == "modality":
+            return len(available) > 1 and self.modality in available
+        if self.kind == "rates":
+            return len(available) > 1
+        return True
+
+    def _mask_index(self) -> int:
+        """A stable number in [0, 1000) for the condition, from its fields (not from a list's order).
+
+        Table conditions 0..6, intra 100 + 10p, burst 200 + 10p, per-modality 300 + 100k + 10p for the
+        k-th modality of (l, a, v): adding or reordering conditions never changes the masks of existing
+        ones. ``rates`` conditions have none: they reuse the masks of their per-modality parts.
+        """
+        if self.kind == "table":
+            return _TABLE_SETS.index(self.present)
+        if self.kind == "rates":
+            raise ValueError("a rates condition has no mask seed of its own: it reuses its per-modality masks")
+        if self.kind == "modality":
+            return 300 + 100 * MODALITIES.index(self.modality) + round(10 * self.rate)
+        return {"intra": 100, "burst": 200}[self.kind] + round(10 * self.rate)
+
+    def _generator(self, seed: int) -> torch.Generator:
+        """A generator fixed by (seed, condition) alone: seeded with seed * 1000 + ``_mask_index``.
+
+        Not hash(): str hashes are salted per process, and the masks must be the same in every process,
+        for every model and every call. The seed must fit in 32 bits, as mt19937 silently drops the rest
+        (two seeds 2**32 apart give the same stream), so distinct (seed, condition) pairs stay distinct.
+        """
+        _check_seed(seed)
+        return torch.Generator().manual_seed(seed * 1000 + self._mask_index())
+
+    def view(self, valid: Sequence[Tensor], *, seed: int, available: Sequence[str] = MODALITIES) -> View:
+        """The fixed view of a whole split (B = N) under this condition.
+
+        ``valid`` holds the three (N, T_m) masks in (l, a, v) order (an (N, 0) mask for a modality the
+        dataset lacks). Modalities not in ``available`` are always absent. The masks depend on (seed,
+        condition) only, so two models evaluated with the same seed see identical masks; take a batch's
+        rows with ``fsrf.missing.slice_view``.
+        """
+        if not self.applies_to(available):
+            valid_names = [c.name for c in conditions_for(available) + per_modality_conditions(available)]
+            rates_hint = (" and rates_l<r>_a<r>_v<r> with r in " + ", ".join(map(str, RATE_GRID))
+                          if len(available) > 1 else "")
+            raise ValueError(f"test condition {self.name!r} does not apply to modalities {tuple(available)}; "
+                             f"valid: {', '.join(valid_names)}{rates_hint}")
+        if len(valid) != 3:
+            raise ValueError(f"valid must hold 3 masks (l, a, v), got {len(valid)}")
+        _check_seed(seed)
+        n = valid[0].shape[0]
+        has = torch.tensor([m in available for m in MODALITIES])  # (3,)
+        none = tuple(torch.zeros_like(mask, dtype=torch.bool) for mask in valid)
+        if self.kind == "table":
+            present = torch.tensor([m in self.present for m in MODALITIES]) & has
+            drops = none
+        elif self.kind == "rates":
+            present = has
+            drops = tuple(_one_modality_drop(m, mask, r, seed=seed) if has[m] and r > 0 else none[m]
+                          for m, (mask, r) in enumerate(zip(valid, self.rates)))
+        elif self.kind == "modality":
+            k = MODALITIES.index(self.modality)
+            present = has
+            drops = tuple(_one_modality_drop(m, mask, self.rate, seed=seed) if m == k else none[m]
+                          for m, mask in enumerate(valid))
+        else:
+            dropper = intra_drop if self.kind == "intra" else burst_drop
+            generator = self._generator(seed)
+            present = has
+            # A lacking modality is absent anyway; skipping it keeps an available one's mask independent of it.
+            drops = tuple(dropper(mask, self.rate, generator=generator) if has[m] else none[m]
+                          for m, mask in enumerate(valid))
+        return View(present=present.expand(n, 3).clone().to(valid[0].device), drop=drops)
+
+
+def _one_modality_drop(m: int, mask: Tensor, p: float, *, seed: int) -> Tensor:
+    """The (N, T_m) drop mask of modality ``m`` in its per-modality condition at ratio p, shared by every
+    ``rates`` condition that gives m the rate p, so that a rates condition differs from it only in the
+    other modalities."""
+    return intra_drop(mask, p, generator=Condition("modality", modality=MODALITIES[m], rate=p)._generator(seed))
+
+
+TABLE = tuple(Condition("table", present=s) for s in _TABLE_SETS)  # Table I: l, a, v, la, lv, av, lav
+MISSING = TABLE[:-1]  # the six whose mean is `avg_missing`
+INTRA = tuple(Condition("intra", rate=p) for p in INTRA_POINTS)  # Fig. 2's curve, mean `intra_avg`
+BURST = tuple(Condition("burst", rate=p) for p in BURST_POINTS)
+
+
+def modality_curve(m: str) -> tuple[Condition, ...]:
+    """The ten per-modality conditions of modality ``m`` (p = 0.1 .. 1.0), mean ``intra_<m>_avg``."""
+    return tuple(Condition("modality", modality=m, rate=p) for p in INTRA_POINTS)
+
+
+def complete_condition(modalities: Sequence[str]) -> Condition:
+    """The complete-input condition reported beside the objective: ``lav``, or ``l`` unless all three."""
+    return TABLE[-1] if len(modalities) == 3 else TABLE[0]
+
+
+def _check_modalities(modalities: Sequence[str]) -> None:
+    unknown = [m for m in modalities if m not in MODALITIES]
+    if unknown or not modalities:
+        raise ValueError(f"modalities must be a non-empty subset of {MODALITIES}, got {tuple(modalities)}")
+
+
+def conditions_for(modalities: Sequence[str] = MODALITIES, *, burst: bool = True) -> list[Condition]:
+    """The ordered test conditions that make sense for a dataset carrying ``modalities``.
+
+    Table conditions whose modalities the dataset has (all 7 with (l, a, v); only ``l`` with text
+    alone), then the ten intra points, then (``burst=True``) the burst points; intra and burst act on
+    every modality the dataset has. The per-modality extension is ``per_modality_conditions``.
+    """
+    _check_modalities(modalities)
+    table = [c for c in TABLE if c.applies_to(modalities)]
+    return table + list(INTRA) + (list(BURST) if burst else [])
+
+
+def per_modality_conditions(modalities: Sequence[str] = MODALITIES, *,
+                            rates: Iterable[Sequence[float]] = ()) -> list[Condition]:
+    """The per-modality test conditions (extension, not in the paper) for data carrying ``modalities``.
+
+    For each modality m the data has, its curve (``modality_curve``): m's valid positions are dropped at
+    p = 0.1 .. 1.0 and the other modalities stay complete (which modality's loss hurts most); then one
+    ``rates`` condition per (l, a, v) triple of ``rates`` (``eval.modality_rates``): every modality
+    dropped at its own rate at once. Empty for single-modality data, whose only curve is ``INTRA``.
+    """
+    _check_modalities(modalities)
+    if len(modalities) < 2:
+        return []
+    curves = [c for m in MODALITIES if m in modalities for c in modality_curve(m)]
+    return curves + [Condition("rates", rates=tuple(r)) for r in rates]
+
+
+@functools.cache
+def all_rates_conditions() -> tuple[Condition, ...]:
+    """Every ``rates`` condition there is (each modality one rate of ``RATE_GRID``: 11^3), in grid order.
+
+    ``eval.modality_rates`` picks a few of them to evaluate; a reader of results looks up which ones a
+    run has by their names, rather than parsing column names back into rates.
+    """
+    return tuple(Condition("rates", rates=(l, a, v)) for l in RATE_GRID for a in RATE_GRID for v in RATE_GRID)
+
+
+def summarise(per_cond: dict[Condition, dict[str, float]], *, prefix: str,
+              modalities: Sequence[str]) -> dict[str, float]:
+    """Flatten per-condition metrics to ``<prefix>/<metric>/<name>`` and add the summaries of SPEC section 2.
+
+    ``intra_avg``: mean over the ten ``INTRA`` points (all must be given); ``burst_avg``: over the burst
+    conditions given; ``intra_<m>_avg``: over modality m's curve, when all ten are given; with all three
+    modalities ``avg_missing`` over ``MISSING``; ``objective`` (what selection and tuning read): over
+    ``TABLE`` and ``INTRA``, or ``l`` and ``INTRA`` unless the data has all three modalities.
+    """
+    missing = [c.name for c in INTRA if c not in per_cond]
+    if missing:
+        raise ValueError(f"summarise needs every intra point; missing {', '.join(missing)}")
+    flat = {f"{prefix}/{k}/{c.name}": v for c, ms in per_cond.items() for k, v in ms.items()}
+    groups: dict[str, list[Condition]] = {"intra_avg": list(INTRA)}
+    burst = [c for c in per_cond if c.kind == "burst"]
+    if burst:
+        groups["burst_avg"] = burst
+    for m in MODALITIES:  # the per-modality curves, when evaluated (not part of the objective)
+        curve = list(modality_curve(m))
+        if all(c in per_cond for c in curve):
+            groups[f"intra_{m}_avg"] = curve
+    if len(modalities) == 3:
+        groups["avg_missing"] = list(MISSING)
+        groups[OBJECTIVE_CONDITION] = list(TABLE) + list(INTRA)
+    else:
+        groups[OBJECTIVE_CONDITION] = [TABLE[0]] + list(INTRA)
+    for metric in next(iter(per_cond.values())):
+        for name, conds in groups.items():
+            flat[f"{prefix}/{metric}/{name}"] = float(np.mean([per_cond[c][metric] for c in conds]))
+    return flat
+
+
+# ---------------------------------------------------------------- scoring a model
+
+
+@torch.no_grad()
+def predict(model: FSRF, data: SplitTensors, view: View, *, batch_size: int) -> Tensor:
+    """Scores (N,) of a whole split under one fixed ``View``."""
+    model.eval()
+    valid = data.inputs.valid()
+    zeroed = zeroed_masks(view, valid)
+    preds = []
+    for i in range(0, len(data), batch_size):
+        idx = torch.arange(i, min(i + batch_size, len(data)))
+        preds.append(model(data.batch(idx), view.present[idx], tuple(z[idx] for z in zeroed)).score)
+    return torch.cat(preds)
+
+
+@torch.no_grad()
+def representations(model: FSRF, data: SplitTensors, *, modalities: tuple[str, ...], batch_size: int,
+                    condition: Condition | None = None) -> dict[str, np.ndarray]:
+    """R_ho, R_he, R_n (N, M, D), Z (N, D) and the score (N,) of a split under one condition (analysis).
+
+    ``condition`` defaults to the complete input (``complete_condition``); masks use seed 0.
+    """
+    model.eval()
+    valid = data.inputs.valid()
+    view = (condition or complete_condition(modalities)).view(valid, seed=0, available=modalities)
+    zeroed = zeroed_masks(view, valid)
+    parts: dict[str, list] = {}
+    for i in range(0, len(data), batch_size):
+        idx = torch.arange(i, min(i + batch_size, len(data)))
+        out = model(data.batch(idx), view.present[idx], tuple(z[idx] for z in zeroed))
+        for name in ("ho", "he", "noise", "z", "score"):
+            value = getattr(out, name)
+            if value is not None:
+                parts.setdefault(name, []).append(value.float().numpy())
+    return {k: np.concatenate(v) for k, v in parts.items()}
+
+
+@torch.no_grad()
+def _scores(model: FSRF, data: SplitTensors, conditions: Sequence[Condition], *, modalities: tuple[str, ...],
+            mask_seed: int, batch_size: int) -> dict[Condition, Tensor]:
+    """Scores (N,) under each condition, every modality encoded only where the condition changes it.
+
+    Each modality is encoded on its own (``FSRF.encode_modality``), so under a condition that keeps
+    modality m complete H_m equals H_m of the complete input, and under one that removes m whole, H_m of
+    the absent input; both are computed once for the split. Only a modality that loses some positions
+    is encoded under the condition itself. The seven Table I conditions thus cost two encoder passes in
+    all, and a per-modality point ``intra_a_p`` one audio pass; the (cheap) factorization and head run
+    per condition. Batches are the same for every condition, so a score equals that of ``predict``.
+    """
+    model.eval()
+    valid = data.inputs.valid()
+    n = len(data)
+    batches = [torch.arange(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
+    whole: dict[bool, Tensor] = {}  # present -> H (N, M, D) with every modality complete / absent
+
+    def reused(present: bool) -> Tensor:
+        if present not in whole:
+            flags = torch.full((n, len(MODALITIES)), present)
+            zeroed = tuple(torch.zeros_like(v) if present else v for v in valid)  # absent: every valid position
+            whole[present] = torch.cat([model.encode(data.batch(idx), flags[idx], tuple(z[idx] for z in zeroed))
+                                        for idx in batches])
+        return whole[present]
+
+    out = {}
+    for cond in conditions:
+        view = cond.view(valid, seed=mask_seed, available=modalities)
+        how = []  # per model modality: True (complete), False (absent) or None (encode under the view)
+        for m in model.modalities:
+            i = MODALITIES.index(m)
+            present = view.present[:, i]
+            how.append(False if not present.any() else True if present.all() and not view.drop[i].any() else None)
+        scores = []
+        for idx in batches:
+            x = data.batch(idx) if None in how else None
+            part = slice_view(view, idx)
+            h = []
+            for k, m in enumerate(model.modalities):
+                i = MODALITIES.index(m)
+                h.append(reused(how[k])[idx, k] if how[k] is not None else
+                         model.encode_modality(x, m, part.present[:, i], part.zeroed(i, valid[i][idx])))
+            scores.append(model.factorize(torch.stack(h, 1)).score)  # (b, M, D) -> (b,)
+        out[cond] = torch.cat(scores)
+    return out
+
+
+def evaluate(model: FSRF, data: SplitTensors, conditions: Sequence[Condition], *, modalities: tuple[str, ...],
+             mask_seed: int, batch_size: int, prefix: str) -> dict[str, float]:
+    """Every metric under each of ``conditions``, flat ``<prefix>/<metric>/<name>``, with ``summarise``'s
+    summaries. Per-epoch validation passes ``conditions_for(modalities, burst=False)`` (what the
+    objective reads); the test protocol adds the burst curve and ``per_modality_conditions``."""
+    preds = _scores(model, data, conditions, modalities=modalities, mask_seed=mask_seed, batch_size=batch_size)
+    per_cond = {c: sentiment_metrics(preds[c].numpy(), data.labels.numpy()) for c in conditions}
+    return summarise(per_cond, prefix=prefix, modalities=modalities)
+
+
+@torch.no_grad()
+def evaluate_unk(model: FSRF, prep: Prepared, *, split: str, mask_seed: int, batch_size: int,
+                 prefix: str) -> dict[str, float]:
+    """The word-drop curve with dropped tokens' ids replaced by ``[UNK]`` before the live encoder.
+
+    The same tokens as the zeroing curve (``INTRA``: same masks) are dropped, but the encoder then
+    reads ``[UNK]`` in their place and every other token's state changes with its context, as in the
+    field's code. Text-only data; a frozen-encoder model borrows the live encoder for this pass.
+    Condition names ``unk_0.1`` .. ``unk_1.0`` and ``unk_avg``.
+    """
+    from fsrf import text as text_mod
+    from fsrf.train import SplitTensors
+    from fsrf.model import Inputs
+
+    if prep.modalities != ("l",):
+        raise ValueError("the [UNK] word-drop curve is defined for text-only data")
+    enc = model.encoders["l"]
+    borrowed = enc.bert is None
+    if borrowed:
+        enc.bert = text_mod.load_encoder(prep.encoder_path).eval()
+        enc.unk_id = text_mod.load_tokenizer(prep.encoder_path).unk_token_id
+    try:
+        tokenizer = text_mod.load_tokenizer(prep.encoder_path)
+        ids, _ = text_mod.tokenize(prep.raw[split].text, tokenizer, prep.splits[split].inputs.text.shape[1])
+        data = prep.splits[split]
+        live = SplitTensors(Inputs(torch.from_numpy(ids), data.inputs.text_valid), data.labels)
+        valid = live.inputs.valid()
+        per_cond = {}
+        for cond in INTRA:
+            view = cond.view(valid, seed=mask_seed, available=prep.modalities)
+            per_cond[f"unk_{cond.rate}"] = sentiment_metrics(
+                predict(model, live, view, batch_size=batch_size).numpy(), data.labels.numpy())
+    finally:
+        if borrowed:
+            enc.bert = None
+    flat = {f"{prefix}/{k}/{c}": v for c, ms in per_cond.items() for k, v in ms.items()}
+    for metric in next(iter(per_cond.values())):
+        flat[f"{prefix}/{metric}/unk_avg"] = float(np.mean([ms[metric] for ms in per_cond.values()]))
+    return flat

@@ -3,10 +3,12 @@
 This module knows nothing of Ray, Tune or MLflow: ``fit`` takes a validated ``RunConfig`` and returns
 the metrics; a caller that wants per-epoch reports or checkpoints passes ``report``.
 
-Checkpoint selection (one rule for every run): the epoch with the best validation objective, the mean
-``Non0_F1_score`` over the seven Table I conditions and the ten intra-curve points (text-only data:
-``l`` and the ten token-drop points). Test metrics are computed once, for that epoch only, and add the
-per-modality conditions (``intra_<m>_<p>``, ``rates_...``) that the objective never reads.
+Checkpoint selection (one rule for every run, ``fsrf.protocol.SELECTION_RULE``): the epoch with the best
+validation objective, the mean ``Non0_F1_score`` over the seven Table I conditions and the ten intra-curve
+points (text-only data: ``l`` and the ten token-drop points). Test metrics are computed once, for that
+epoch only, and add the burst curve and the per-modality conditions (``intra_<m>_<p>``, ``rates_...``)
+that the objective never reads. The conditions and how a model is scored under them live in
+``fsrf.protocol``.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ import copy
 import sys
 import time
 import warnings
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -23,15 +24,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fsrf import MODALITIES, losses
+from fsrf import losses
 from fsrf.config import RunConfig, flatten
 from fsrf.data import SPLITS, Split, fingerprint, load_dataset
-from fsrf.metrics import sentiment_metrics
-from fsrf.missing import (INTRA_POINTS, MISSING_CONDITIONS, TABLE_CONDITIONS, Schedule, all_conditions,
-                          condition_view, modality_conditions, modality_name, mrm_views, slice_view)
+from fsrf.missing import Schedule, mrm_views, zeroed_masks
 from fsrf.model import FSRF, Inputs
-
-HEADLINE = "Non0_F1_score"
+from fsrf.protocol import (HEADLINE, OBJECTIVE, complete_condition, conditions_for, evaluate, evaluate_unk,
+                           per_modality_conditions)
 
 
 @dataclass
@@ -121,10 +120,6 @@ def build_model(cfg: RunConfig, prep: Prepared) -> FSRF:
     return FSRF(cfg.model, dims=prep.dims, modalities=prep.modalities, bert=bert, unk_id=unk)
 
 
-def _zeroed(view, valid) -> tuple[torch.Tensor, ...]:
-    return tuple(view.zeroed(i, valid[i]) for i in range(len(MODALITIES)))
-
-
 def train_losses(cfg: RunConfig, model: torch.nn.Module, x: Inputs, y: torch.Tensor, *, rate: float,
                  generator: torch.Generator) -> dict[str, torch.Tensor]:
     """Losses of one MRM step: two views of the batch through the network in one pass."""
@@ -133,7 +128,7 @@ def train_losses(cfg: RunConfig, model: torch.nn.Module, x: Inputs, y: torch.Ten
     vp, vq = mrm_views(valid, rate=rate, overlap=cfg.missing.overlap, modality_scale=(scale.l, scale.a, scale.v),
                        generator=generator)
     present = torch.cat([vp.present, vq.present])  # (2B, 3)
-    zeroed = tuple(torch.cat(pair) for pair in zip(_zeroed(vp, valid), _zeroed(vq, valid)))
+    zeroed = tuple(torch.cat(pair) for pair in zip(zeroed_masks(vp, valid), zeroed_masks(vq, valid)))
     out = model(x.repeat(2), present, zeroed)
     B = len(y)
     sp, sq = out.score[:B], out.score[B:]
@@ -155,165 +150,6 @@ def train_losses(cfg: RunConfig, model: torch.nn.Module, x: Inputs, y: torch.Ten
     return terms
 
 
-@torch.no_grad()
-def predict(model: FSRF, data: SplitTensors, view, *, batch_size: int) -> torch.Tensor:
-    """Scores (N,) of a whole split under one fixed ``View``."""
-    model.eval()
-    valid = data.inputs.valid()
-    zeroed = _zeroed(view, valid)
-    preds = []
-    for i in range(0, len(data), batch_size):
-        idx = torch.arange(i, min(i + batch_size, len(data)))
-        preds.append(model(data.batch(idx), view.present[idx], tuple(z[idx] for z in zeroed)).score)
-    return torch.cat(preds)
-
-
-@torch.no_grad()
-def representations(model: FSRF, data: SplitTensors, *, modalities: tuple[str, ...], batch_size: int,
-                    condition: str = "lav") -> dict[str, np.ndarray]:
-    """R_ho, R_he, R_n (N, M, D), Z (N, D) and the score (N,) of a split under one condition (analysis)."""
-    model.eval()
-    valid = data.inputs.valid()
-    cond = condition if len(modalities) == 3 else "l"
-    view = condition_view(cond, valid, seed=0, available=modalities)
-    zeroed = _zeroed(view, valid)
-    parts: dict[str, list] = {}
-    for i in range(0, len(data), batch_size):
-        idx = torch.arange(i, min(i + batch_size, len(data)))
-        out = model(data.batch(idx), view.present[idx], tuple(z[idx] for z in zeroed))
-        for name in ("ho", "he", "noise", "z", "score"):
-            value = getattr(out, name)
-            if value is not None:
-                parts.setdefault(name, []).append(value.float().numpy())
-    return {k: np.concatenate(v) for k, v in parts.items()}
-
-
-@torch.no_grad()
-def _scores(model: FSRF, data: SplitTensors, conditions: list[str], *, modalities: tuple[str, ...], mask_seed: int,
-            batch_size: int) -> dict[str, torch.Tensor]:
-    """Scores (N,) under each condition, every modality encoded only where the condition changes it.
-
-    Each modality is encoded on its own (``FSRF.encode_modality``), so under a condition that keeps
-    modality m complete H_m equals H_m of the complete input, and under one that removes m whole, H_m of
-    the absent input; both are computed once for the split. Only a modality that loses some positions
-    is encoded under the condition itself. The seven Table I conditions thus cost two encoder passes in
-    all, and a per-modality point ``intra_a_p`` one audio pass; the (cheap) factorization and head run
-    per condition. Batches are the same for every condition, so a score equals that of ``predict``.
-    """
-    model.eval()
-    valid = data.inputs.valid()
-    n = len(data)
-    batches = [torch.arange(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
-    whole: dict[bool, torch.Tensor] = {}  # present -> H (N, M, D) with every modality complete / absent
-
-    def reused(present: bool) -> torch.Tensor:
-        if present not in whole:
-            flags = torch.full((n, len(MODALITIES)), present)
-            zeroed = tuple(torch.zeros_like(v) if present else v for v in valid)  # absent: every valid position
-            whole[present] = torch.cat([model.encode(data.batch(idx), flags[idx], tuple(z[idx] for z in zeroed))
-                                        for idx in batches])
-        return whole[present]
-
-    out = {}
-    for cond in conditions:
-        view = condition_view(cond, valid, seed=mask_seed, available=modalities)
-        how = []  # per model modality: True (complete), False (absent) or None (encode under the view)
-        for m in model.modalities:
-            i = MODALITIES.index(m)
-            present = view.present[:, i]
-            how.append(False if not present.any() else True if present.all() and not view.drop[i].any() else None)
-        scores = []
-        for idx in batches:
-            x = data.batch(idx) if None in how else None
-            part = slice_view(view, idx)
-            h = []
-            for k, m in enumerate(model.modalities):
-                i = MODALITIES.index(m)
-                h.append(reused(how[k])[idx, k] if how[k] is not None else
-                         model.encode_modality(x, m, part.present[:, i], part.zeroed(i, valid[i][idx])))
-            scores.append(model.factorize(torch.stack(h, 1)).score)  # (b, M, D) -> (b,)
-        out[cond] = torch.cat(scores)
-    return out
-
-
-def evaluate(model: FSRF, data: SplitTensors, *, modalities: tuple[str, ...], mask_seed: int,
-             batch_size: int, prefix: str, burst: bool = True, per_modality: bool = False,
-             modality_rates: Sequence[Sequence[float]] = ()) -> dict[str, float]:
-    """Every metric under every condition of the protocol, as flat ``<prefix>/<metric>/<condition>``.
-
-    ``burst=False`` leaves out the burst curve (per-epoch validation: it is not part of the objective).
-    ``per_modality=True`` adds the per-modality extension (``fsrf.missing.modality_conditions``): the
-    curves ``intra_<m>_<p>`` and one ``rates_...`` condition per (l, a, v) triple of ``modality_rates``;
-    the test protocol and the selected epoch's validation use it, the objective does not.
-    """
-    conditions = [c for c in all_conditions(modalities) if burst or not c.startswith("burst_")]
-    if per_modality:
-        conditions += modality_conditions(modalities, modality_rates)
-    preds = _scores(model, data, conditions, modalities=modalities, mask_seed=mask_seed, batch_size=batch_size)
-    per_cond = {c: sentiment_metrics(preds[c].numpy(), data.labels.numpy()) for c in conditions}
-    return summarise(per_cond, prefix=prefix, modalities=modalities)
-
-
-@torch.no_grad()
-def evaluate_unk(model: FSRF, prep: Prepared, *, split: str, mask_seed: int, batch_size: int,
-                 prefix: str) -> dict[str, float]:
-    """The word-drop curve with dropped tokens' ids replaced by ``[UNK]`` before the live encoder.
-
-    The same tokens as the zeroing curve (``intra_p``: same mask seed) are dropped, but the encoder
-    then reads ``[UNK]`` in their place and every other token's state changes with its context, as in
-    the field's code. Text-only data; a frozen-encoder model borrows the live encoder for this pass.
-    Condition names ``unk_0.1`` .. ``unk_1.0`` and ``unk_avg``.
-    """
-    from fsrf import text as text_mod
-
-    if prep.modalities != ("l",):
-        raise ValueError("the [UNK] word-drop curve is defined for text-only data")
-    enc = model.encoders["l"]
-    borrowed = enc.bert is None
-    if borrowed:
-        enc.bert = text_mod.load_encoder(prep.encoder_path).eval()
-        enc.unk_id = text_mod.load_tokenizer(prep.encoder_path).unk_token_id
-    try:
-        tokenizer = text_mod.load_tokenizer(prep.encoder_path)
-        ids, _ = text_mod.tokenize(prep.raw[split].text, tokenizer, prep.splits[split].inputs.text.shape[1])
-        data = prep.splits[split]
-        live = SplitTensors(Inputs(torch.from_numpy(ids), data.inputs.text_valid), data.labels)
-        valid = live.inputs.valid()
-        per_cond = {}
-        for p in INTRA_POINTS:
-            view = condition_view(f"intra_{p}", valid, seed=mask_seed, available=prep.modalities)
-            per_cond[f"unk_{p}"] = sentiment_metrics(predict(model, live, view, batch_size=batch_size).numpy(),
-                                                     data.labels.numpy())
-    finally:
-        if borrowed:
-            enc.bert = None
-    flat = {f"{prefix}/{k}/{c}": v for c, ms in per_cond.items() for k, v in ms.items()}
-    for metric in next(iter(per_cond.values())):
-        flat[f"{prefix}/{metric}/unk_avg"] = float(np.mean([ms[metric] for ms in per_cond.values()]))
-    return flat
-
-
-def summarise(per_cond: dict[str, dict[str, float]], *, prefix: str, modalities: tuple[str, ...]) -> dict[str, float]:
-    """Flatten per-condition metrics and add the averages of SPEC section 2 and the objective."""
-    flat = {f"{prefix}/{k}/{c}": v for c, ms in per_cond.items() for k, v in ms.items()}
-    groups = {"intra_avg": [f"intra_{p}" for p in INTRA_POINTS],
-              "burst_avg": [c for c in per_cond if c.startswith("burst_")]}
-    groups = {k: v for k, v in groups.items() if v}
-    for m in MODALITIES:  # the per-modality curves, when evaluated (not part of the objective)
-        points = [modality_name(m, p) for p in INTRA_POINTS]
-        if all(c in per_cond for c in points):
-            groups[f"intra_{m}_avg"] = points
-    if len(modalities) == 3:
-        groups["avg_missing"] = list(MISSING_CONDITIONS)
-        groups["objective"] = list(TABLE_CONDITIONS) + groups["intra_avg"]
-    else:
-        groups["objective"] = ["l"] + groups["intra_avg"]
-    for metric in next(iter(per_cond.values())):
-        for name, conds in groups.items():
-            flat[f"{prefix}/{metric}/{name}"] = float(np.mean([per_cond[c][metric] for c in conds]))
-    return flat
-
-
 @dataclass
 class RunResult:
     val: dict[str, float]  # validation metrics at the selected epoch
@@ -329,7 +165,7 @@ class RunResult:
     def to_json(self, cfg: RunConfig) -> dict:
         return {"config": flatten(cfg), "best_epoch": self.best_epoch, "epochs_run": len(self.history),
                 "stop_reason": self.stop_reason, "wall_time_s": round(self.wall_time_s, 2),
-                "selection": "epoch with the best val/Non0_F1_score/objective",
+                "selection": f"epoch with the best {OBJECTIVE}",
                 "modalities": list(self.prepared.modalities), "data_fingerprint": self.prepared.data_fingerprint,
                 "encoder": self.prepared.encoder_id, "notes": self.notes,
                 "val": self.val, "test": self.test, "history": self.history}
@@ -396,7 +232,12 @@ def fit(cfg: RunConfig, *, prep: Prepared | None = None, report: Report | None =
         return {"epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict(),
                 "generator": gen.get_state(), "torch_rng": torch.get_rng_state(), "best": best, "history": history}
 
-    objective = f"val/{HEADLINE}/objective"
+    objective = OBJECTIVE
+    complete = f"val/{HEADLINE}/{complete_condition(prep.modalities).name}"
+    epoch_conditions = conditions_for(prep.modalities, burst=False)  # what the objective reads
+    # the whole protocol: with the burst curve and the per-modality conditions the objective never reads
+    full_conditions = (conditions_for(prep.modalities)
+                       + per_modality_conditions(prep.modalities, rates=cfg.eval.modality_rates))
     total_nonconverged = 0
     for epoch in range(first_epoch, cfg.train.epochs):
         t0 = time.time()
@@ -439,13 +280,12 @@ def fit(cfg: RunConfig, *, prep: Prepared | None = None, report: Report | None =
                 log(f"warning: Sinkhorn did not converge in {nonconverged}/{n_batches} steps of epoch {epoch + 1} "
                     f"(loss.sinkhorn_eps={cfg.loss.sinkhorn_eps}, median cost "
                     f"{metrics['train/das/median_cost']:.3g}): consider a larger loss.sinkhorn_eps")
-        metrics.update(evaluate(model, valid, modalities=prep.modalities, mask_seed=cfg.eval.mask_seed,
-                                batch_size=cfg.eval.batch_size, prefix="val", burst=False))
+        metrics.update(evaluate(model, valid, epoch_conditions, modalities=prep.modalities,
+                                mask_seed=cfg.eval.mask_seed, batch_size=cfg.eval.batch_size, prefix="val"))
         metrics["epoch_time_s"] = time.time() - t0
         if metrics[objective] > best["score"]:
             best = {"score": metrics[objective], "epoch": epoch,
                     "state": copy.deepcopy(model.state_dict()), "val": metrics}
-        complete = f"val/{HEADLINE}/{'lav' if len(prep.modalities) == 3 else 'l'}"
         history.append({"epoch": epoch, **{k: v for k, v in metrics.items() if k.startswith("train/")},
                         objective: metrics[objective], complete: metrics[complete]})
         log(f"epoch {epoch + 1}/{cfg.train.epochs}  train/total {metrics.get('train/total', float('nan')):.4f}  "
@@ -465,16 +305,14 @@ def fit(cfg: RunConfig, *, prep: Prepared | None = None, report: Report | None =
     model.load_state_dict(best["state"])
     test = {}
     if evaluate_test:
-        test = evaluate(model, prep.splits["test"], modalities=prep.modalities, mask_seed=cfg.eval.mask_seed,
-                        batch_size=cfg.eval.batch_size, prefix="test", per_modality=True,
-                        modality_rates=cfg.eval.modality_rates)
+        test = evaluate(model, prep.splits["test"], full_conditions, modalities=prep.modalities,
+                        mask_seed=cfg.eval.mask_seed, batch_size=cfg.eval.batch_size, prefix="test")
         if cfg.eval.unk_curve and prep.modalities == ("l",):
             log("evaluating the [UNK] word-drop curve with the live encoder ...")
             test.update(evaluate_unk(model, prep, split="test", mask_seed=cfg.eval.mask_seed,
                                      batch_size=cfg.eval.batch_size, prefix="test"))
     # The selected epoch's validation metrics, now with the burst curve and the per-modality conditions
     # that per-epoch validation skips.
-    val = evaluate(model, valid, modalities=prep.modalities, mask_seed=cfg.eval.mask_seed,
-                   batch_size=cfg.eval.batch_size, prefix="val", per_modality=True,
-                   modality_rates=cfg.eval.modality_rates)
+    val = evaluate(model, valid, full_conditions, modalities=prep.modalities, mask_seed=cfg.eval.mask_seed,
+                   batch_size=cfg.eval.batch_size, prefix="val")
     return RunResult(val, test, best["epoch"], history, time.time() - start, "completed", notes, prep, model)

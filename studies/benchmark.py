@@ -93,8 +93,7 @@ def bench_step(base: list[str], repeats: int) -> dict:
 
 def bench_sinkhorn(base: list[str], repeats: int) -> dict:
     from fsrf import losses
-    from fsrf.train import _zeroed
-    from fsrf.missing import mrm_views
+    from fsrf.missing import mrm_views, zeroed_masks
 
     cfg, prep, model = _setup(base)
     step = _stepper(cfg, prep, model)
@@ -105,8 +104,8 @@ def bench_sinkhorn(base: list[str], repeats: int) -> dict:
     valid = x.valid()
     vp, vq = mrm_views(valid, rate=0.5, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        zp = model(x, vp.present, _zeroed(vp, valid)).z
-        zq = model(x, vq.present, _zeroed(vq, valid)).z
+        zp = model(x, vp.present, zeroed_masks(vp, valid)).z
+        zq = model(x, vq.present, zeroed_masks(vq, valid)).z
 
     def sink():
         a, b = zp.clone().requires_grad_(), zq.clone().requires_grad_()
@@ -127,18 +126,17 @@ def bench_text_cache(base: list[str], repeats: int) -> dict:
 
 
 def bench_protocol(base: list[str], repeats: int) -> dict:
-    from fsrf.missing import condition_view
-    from fsrf.train import evaluate, predict
+    from fsrf.protocol import TABLE, conditions_for, evaluate, predict
 
     cfg, prep, model = _setup(base)
     test = prep.splits["test"]
-    view = condition_view("lav", test.inputs.valid(), seed=0, available=prep.modalities)
+    view = TABLE[-1].view(test.inputs.valid(), seed=0, available=prep.modalities)  # lav
     one = timed(lambda: predict(model, test, view, batch_size=cfg.eval.batch_size), repeats=repeats)
-    full = timed(lambda: evaluate(model, test, modalities=prep.modalities, mask_seed=0,
-                                  batch_size=cfg.eval.batch_size, prefix="test"), repeats=repeats, warmup=1)
-    from fsrf.missing import all_conditions
+    full = timed(lambda: evaluate(model, test, conditions_for(prep.modalities), modalities=prep.modalities,
+                                  mask_seed=0, batch_size=cfg.eval.batch_size, prefix="test"),
+                 repeats=repeats, warmup=1)
 
-    return {"passes": stats([f / statistics.median(one) for f in full]), "conditions": len(all_conditions()),
+    return {"passes": stats([f / statistics.median(one) for f in full]), "conditions": len(conditions_for()),
             "one_pass_s": stats(one), "protocol_s": stats(full)}
 
 

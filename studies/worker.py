@@ -294,7 +294,8 @@ def robustness_trainable(config: dict[str, Any], settings: TrialSettings) -> Non
     """
     from ray import tune
 
-    from fsrf.train import fit, representations
+    from fsrf.protocol import representations
+    from fsrf.train import fit
 
     _quiet()
     spec = config["spec"]

@@ -26,8 +26,15 @@ from analysis import load, probe, robustness, tables, tuning  # noqa: E402
 from fsrf import variants  # noqa: E402
 from fsrf.errors import InputError  # noqa: E402
 from fsrf.manifest import ROLE_ROBUSTNESS, ROLE_ROBUSTNESS_RUN, ROLE_TAG  # noqa: E402
-from fsrf.missing import INTRA_POINTS, MISSING_CONDITIONS, TABLE_CONDITIONS, intra_name  # noqa: E402
-from fsrf.protocol import BEST_OBJECTIVE  # noqa: E402
+from fsrf.protocol import BEST_OBJECTIVE, INTRA_POINTS, MISSING, TABLE, Condition  # noqa: E402
+
+TABLE_CONDITIONS = tuple(c.name for c in TABLE)  # the names the fixtures' metrics are written under
+MISSING_CONDITIONS = tuple(c.name for c in MISSING)
+
+
+def intra_name(p: float) -> str:
+    return Condition("intra", rate=p).name
+
 
 VARIANTS = ("fsrf", "no_dhf", "late_fusion")
 SEEDS = (0, 1, 2)

@@ -16,23 +16,15 @@ import torch
 
 from fsrf import MODALITIES
 from fsrf.missing import (
-    BURST_POINTS,
-    INTRA_POINTS,
-    MISSING_CONDITIONS,
-    TABLE_CONDITIONS,
+    SCHEDULES,
     Schedule,
     View,
-    _condition_generator,
-    all_conditions,
     burst_drop,
-    condition_view,
     intra_drop,
-    modality_conditions,
-    modality_name,
     mrm_views,
-    rates_name,
     sample_presence,
     slice_view,
+    zeroed_masks,
 )
 
 Z = 5.0  # tolerance in standard deviations
@@ -216,7 +208,7 @@ def test_presence_overlap_other_set_follows_renormalised_distribution():
     n_rows = int(rows.sum())
     rest = 1 - exact["lav"]
     assert counts[code("lav")] == 0
-    for name in TABLE_CONDITIONS[:-1]:
+    for name in ("l", "a", "v", "la", "lv", "av"):  # every set but lav
         prob = exact[name] / rest
         freq = counts[code(name)].item() / n_rows
         assert abs(freq - prob) <= binomial_tol(prob, n_rows), (name, freq, prob)
@@ -377,13 +369,38 @@ def test_schedule_max_rate_by_hand():
         Schedule("constant", 0.3).max_rate(0)
 
 
+def test_schedule_max_rate_without_run_length_bounds_every_run_length():
+    """``max_rate()`` is the bound a config is checked against before its run length is known: it must
+    be at least every run's largest rate, and reached by some run length."""
+    assert Schedule("constant", 0.3, 0.9).max_rate() == 0.3  # p1 unused by constant
+    assert Schedule("linear", 0.2, 0.8).max_rate() == 0.8
+    assert Schedule("linear", 0.8, 0.2).max_rate() == 0.8
+    assert Schedule("cosine", 0.1, 0.7).max_rate() == 0.7
+    assert Schedule("step", 0.1, 0.9, at=0.5).max_rate() == 0.9
+    for schedule in SCHEDULES:
+        s = Schedule(schedule, 0.25, 0.75, at=0.6)
+        runs = [s.max_rate(n) for n in range(1, 30)]
+        assert max(runs) <= s.max_rate() and max(runs) == pytest.approx(s.max_rate()), schedule
+
+
+def test_config_and_report_use_the_schedule_rule():
+    """The config's modality_scale check and the report's max training rate ask ``Schedule.max_rate``."""
+    from fsrf.config import load_config
+    from fsrf.errors import InputError
+
+    base = ["missing.schedule=step", "missing.p0=0.2", "missing.p1=0.5", "missing.at=1.0"]
+    assert load_config(None, base + ["missing.modality_scale.a=2"]).missing.modality_scale.a == 2.0  # 0.5 * 2
+    with pytest.raises(InputError, match="missing.modality_scale.a"):
+        load_config(None, base + ["missing.modality_scale.a=2.1"])  # max_rate() 0.5 * 2.1 > 1
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(kind="linear", p0=0.2, p1=1.3), "missing.p1 must be in [0, 1], got 1.3"),
-        (dict(kind="constant", p0=-0.1), "missing.p0 must be in [0, 1], got -0.1"),
-        (dict(kind="step", p0=0.1, p1=0.5, at=1.5), "missing.at must be in [0, 1], got 1.5"),
-        (dict(kind="exp", p0=0.1), "missing.kind must be one of"),
+        (dict(schedule="linear", p0=0.2, p1=1.3), "missing.p1 must be in [0, 1], got 1.3"),
+        (dict(schedule="constant", p0=-0.1), "missing.p0 must be in [0, 1], got -0.1"),
+        (dict(schedule="step", p0=0.1, p1=0.5, at=1.5), "missing.at must be in [0, 1], got 1.5"),
+        (dict(schedule="exp", p0=0.1), "missing.schedule must be one of constant, linear, cosine, step, got 'exp'"),
     ],
 )
 def test_schedule_validation_names_the_field(kwargs, message):
@@ -397,212 +414,29 @@ def test_schedule_refuses_epoch_out_of_range():
         Schedule("linear", 0.1, 0.5).rate(10, 10)
 
 
-# ---------------------------------------------------------------- test protocol
-
-
-def split_valid(n: int = 1000) -> tuple[torch.Tensor, ...]:
-    return (
-        prefix_valid(n, 30, low=0, seed=30),
-        prefix_valid(n, 50, low=1, seed=31),
-        prefix_valid(n, 40, low=1, seed=32),
-    )
-
-
-def same_view(a: View, b: View) -> bool:
-    return torch.equal(a.present, b.present) and all(torch.equal(x, y) for x, y in zip(a.drop, b.drop))
-
-
-def test_condition_lists():
-    assert INTRA_POINTS == (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
-    assert BURST_POINTS == (0.2, 0.4, 0.6, 0.8, 1.0)
-    assert MISSING_CONDITIONS == ("l", "a", "v", "la", "lv", "av")
-    intra = [f"intra_{p}" for p in ("0.1", "0.2", "0.3", "0.4", "0.5", "0.6", "0.7", "0.8", "0.9", "1.0")]
-    burst = ["burst_0.2", "burst_0.4", "burst_0.6", "burst_0.8", "burst_1.0"]
-    assert all_conditions() == list(TABLE_CONDITIONS) + intra + burst
-    assert all_conditions(("l",)) == ["l"] + intra + burst
-    with pytest.raises(ValueError):
-        all_conditions(("x",))
-
-
-def test_per_modality_condition_lists():
-    curves = [f"intra_{m}_{p}" for m in "lav" for p in INTRA_POINTS]
-    assert modality_conditions() == curves and len(curves) == 30
-    assert curves[:2] == ["intra_l_0.1", "intra_l_0.2"] and curves[-1] == "intra_v_1.0"
-    assert modality_conditions(rates=[(0.3, 0.1, 0.5), (0, 1, 0.9)]) == curves + [
-        "rates_l0.3_a0.1_v0.5", "rates_l0.0_a1.0_v0.9"]
-    assert modality_conditions(("l",), rates=[(0.3, 0.1, 0.5)]) == []  # text only: intra_p is the l curve
-    assert modality_conditions(("l", "a")) == curves[:20]
-    assert modality_name("a", 0.3) == "intra_a_0.3"
-    for bad in ((0.35, 0, 0), (0.3, 1.1, 0), (0.3, 0.1)):
-        with pytest.raises(ValueError, match="rate"):
-            rates_name(bad)
-
-
-def per_modality_valid(n: int = 4000) -> tuple[torch.Tensor, ...]:
-    return (prefix_valid(n, 30, low=1, seed=40), prefix_valid(n, 50, low=1, seed=41),
-            prefix_valid(n, 40, low=1, seed=42))
-
-
-def test_per_modality_conditions_drop_only_the_named_modality_at_its_rate():
-    valid = per_modality_valid()
-    for k, m in enumerate(MODALITIES):
-        for p in (0.3, 0.7):
-            view = condition_view(modality_name(m, p), valid, seed=0)
-            assert view.present.all()  # intra only: every modality stays present
-            for j in range(3):
-                zeroed = view.zeroed(j, valid[j])
-                if j == k:
-                    n = int(valid[j].sum())
-                    assert abs(zeroed.sum().item() / n - p) <= binomial_tol(p, n), (m, p)
-                    assert not (zeroed & ~valid[j]).any()  # never padding
-                else:
-                    assert not zeroed.any(), (m, p, j)  # the other modalities are untouched
-        full = condition_view(modality_name(m, 1.0), valid, seed=0)
-        assert torch.equal(full.zeroed(k, valid[k]), valid[k])  # p = 1: every valid position of m
-        assert all(not full.zeroed(j, valid[j]).any() for j in range(3) if j != k)
-
-
-def test_rates_conditions_drop_each_modality_at_its_own_rate():
-    valid = per_modality_valid()
-    rates = (0.3, 0.1, 0.5)
-    view = condition_view(rates_name(rates), valid, seed=0)
-    assert view.present.all()
-    for m, r in enumerate(rates):
-        n = int(valid[m].sum())
-        frac = view.zeroed(m, valid[m]).sum().item() / n
-        assert abs(frac - r) <= binomial_tol(r, n), (m, r, frac)
-        # each modality's mask is the one of its own per-modality point: the conditions differ only there
-        alone = condition_view(modality_name(MODALITIES[m], r), valid, seed=0)
-        assert torch.equal(view.drop[m], alone.drop[m])
-    kept = condition_view(rates_name((0.0, 1.0, 0.2)), valid, seed=0)
-    assert not kept.drop[0].any() and torch.equal(kept.drop[1], valid[1])
-
-
-def test_per_modality_masks_are_fixed_by_seed_and_name():
-    valid = per_modality_valid(500)
-    for name in ("intra_a_0.3", "rates_l0.9_a0.3_v0.3"):
-        a = condition_view(name, valid, seed=3)
-        assert same_view(a, condition_view(name, valid, seed=3))  # identical masks for every model
-        assert not same_view(a, condition_view(name, valid, seed=4))
-    # distinct from the all-modality curve and from the other modalities' points
-    assert not torch.equal(condition_view("intra_a_0.3", valid, seed=3).drop[1],
-                           condition_view("intra_0.3", valid, seed=3).drop[1])
-    assert not torch.equal(condition_view("intra_a_0.3", valid, seed=3).drop[1],
-                           condition_view("intra_a_0.4", valid, seed=3).drop[1])
-    draws = {(seed, name): torch.rand(1, generator=_condition_generator(seed, name)).item()
-             for seed in (0, 1) for name in all_conditions() + modality_conditions()}
-    assert len(set(draws.values())) == len(draws)
-
-
-def test_per_modality_conditions_need_the_modality():
-    text_only = (split_valid()[0], torch.zeros(1000, 0, dtype=torch.bool), torch.zeros(1000, 0, dtype=torch.bool))
-    for name in ("intra_l_0.3", "intra_a_0.3", "rates_l0.3_a0.1_v0.5"):
-        with pytest.raises(ValueError, match="unknown test condition"):
-            condition_view(name, text_only, seed=0, available=("l",))
-    for name in ("rates_l0.35_a0.1_v0.5", "rates_l0.30_a0.1_v0.5", "intra_x_0.3", "intra_a_0.35"):
-        with pytest.raises(ValueError, match="rates_l<r>_a<r>_v<r>"):
-            condition_view(name, split_valid(10), seed=0)
-
-
-def test_condition_views_are_fixed_by_seed_and_name():
-    valid = split_valid()
-    for name in ("intra_0.5", "burst_0.6"):
-        a = condition_view(name, valid, seed=3)
-        assert same_view(a, condition_view(name, valid, seed=3))
-        assert not same_view(a, condition_view(name, valid, seed=4))
-    assert not same_view(condition_view("intra_0.5", valid, seed=3), condition_view("intra_0.6", valid, seed=3))
-
-
-def test_table_conditions_set_presence_exactly():
-    valid = split_valid()
-    for name in TABLE_CONDITIONS:
-        view = condition_view(name, valid, seed=0)
-        expect = torch.tensor([m in name for m in MODALITIES]).expand(len(valid[0]), 3)
-        assert torch.equal(view.present, expect), name
-        assert not any(d.any() for d in view.drop)
-        for m in range(3):
-            expect_zero = valid[m] if MODALITIES[m] not in name else torch.zeros_like(valid[m])
-            assert torch.equal(view.zeroed(m, valid[m]), expect_zero), (name, m)
-
-
-def test_intra_conditions_drop_at_their_ratio():
-    valid = split_valid(3000)
-    view = condition_view("intra_1.0", valid, seed=0)
-    assert view.present.all()
-    for m in range(3):
-        assert torch.equal(view.zeroed(m, valid[m]), valid[m])
-    view = condition_view("intra_0.3", valid, seed=0)
-    for m in range(3):
-        n = int(valid[m].sum())
-        assert abs(view.drop[m].sum().item() / n - 0.3) <= binomial_tol(0.3, n)
-    burst = condition_view("burst_0.4", valid, seed=0)
-    for m in range(3):
-        assert torch.equal(burst.drop[m].sum(1), torch.tensor([round(0.4 * n) for n in valid[m].sum(1).tolist()]))
-
-
-def test_condition_view_with_text_only_dataset():
-    valid = (split_valid()[0], torch.zeros(1000, 0, dtype=torch.bool), torch.zeros(1000, 0, dtype=torch.bool))
-    view = condition_view("intra_0.5", valid, seed=1, available=("l",))
-    assert torch.equal(view.present, torch.tensor([[True, False, False]]).expand(1000, 3))
-    assert view.drop[0].any() and view.drop[1].shape == (1000, 0)
-    with pytest.raises(ValueError, match="intra_0.1"):  # the message lists what is valid
-        condition_view("la", valid, seed=1, available=("l",))
-
-
-def test_unknown_condition_lists_valid_names():
-    with pytest.raises(ValueError) as info:
-        condition_view("intra_0.35", split_valid(10), seed=0)
-    assert "intra_0.3" in str(info.value) and "lav" in str(info.value) and "burst_1.0" in str(info.value)
-
-
-def test_condition_seeds_are_distinct_and_bounded():
-    draws = {
-        (seed, name): torch.rand(1, generator=_condition_generator(seed, name)).item()
-        for seed in (0, 1, 2)
-        for name in all_conditions()
-    }
-    assert len(set(draws.values())) == len(draws)
-    for bad in (-1, 2**32, 1.5):
-        with pytest.raises(ValueError, match="seed"):
-            condition_view("l", split_valid(5), seed=bad)
-
-
-MASK_SCRIPT = (
-    "import torch; from fsrf.missing import condition_view; "
-    "v = torch.arange(40)[None, :] < torch.arange(1, 41)[:, None]; "
-    "view = condition_view('intra_0.5', (v, v, v), seed=7); "
-    "print(int(view.drop[0].sum()), int((view.drop[1].long() * torch.arange(40)).sum()))"
-)
-
-
-def test_condition_masks_do_not_depend_on_the_process():
-    # Python's str hash is salted per process; a mask seeded from it would differ in another process.
-    salt = "2" if os.environ.get("PYTHONHASHSEED") == "1" else "1"
-    done = subprocess.run([sys.executable, "-c", MASK_SCRIPT], env=dict(os.environ, PYTHONHASHSEED=salt),
-                          capture_output=True, text=True, check=True,
-                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    v = torch.arange(40)[None, :] < torch.arange(1, 41)[:, None]
-    view = condition_view("intra_0.5", (v, v, v), seed=7)
-    here = f"{int(view.drop[0].sum())} {int((view.drop[1].long() * torch.arange(40)).sum())}"
-    assert done.stdout.strip() == here
-
-
-def test_condition_masks_pinned():
-    # Test masks are shared by every model ever compared: a silent change must fail here.
-    v = torch.arange(40)[None, :] < torch.arange(1, 41)[:, None]
-    view = condition_view("intra_0.5", (v, v, v), seed=7)
-    got = (int(view.drop[0].sum()), int((view.drop[1].long() * torch.arange(40)).sum()))
-    assert got == (414, 5653)  # of 820 valid positions
+# ---------------------------------------------------------------- views
 
 
 def test_slice_view():
-    valid = split_valid(50)
-    view = condition_view("intra_0.5", valid, seed=0)
+    valid = (prefix_valid(50, 30, low=0, seed=30), prefix_valid(50, 50, low=1, seed=31),
+             prefix_valid(50, 40, low=1, seed=32))
+    present = torch.rand(50, 3, generator=gen(33)) < 0.5
+    view = View(present=present, drop=tuple(intra_drop(v, 0.5, generator=gen(34 + m)) for m, v in enumerate(valid)))
     for index in (slice(10, 20), torch.tensor([3, 1, 4, 1, 5])):
         part = slice_view(view, index)
         assert torch.equal(part.present, view.present[index])
         assert all(torch.equal(d, full[index]) for d, full in zip(part.drop, view.drop))
         assert torch.equal(part.zeroed(1, valid[1][index]), view.zeroed(1, valid[1])[index])
+
+
+def test_zeroed_masks_are_each_modality_zeroed():
+    valid = (prefix_valid(20, 6, low=0, seed=35), prefix_valid(20, 8, low=1, seed=36),
+             prefix_valid(20, 5, low=1, seed=37))
+    view = View(present=torch.rand(20, 3, generator=gen(38)) < 0.5,
+                drop=tuple(intra_drop(v, 0.4, generator=gen(39 + m)) for m, v in enumerate(valid)))
+    masks = zeroed_masks(view, valid)
+    assert len(masks) == 3
+    assert all(torch.equal(z, view.zeroed(m, valid[m])) for m, z in enumerate(masks))
 
 
 def test_view_refuses_wrong_shapes():

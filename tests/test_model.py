@@ -10,7 +10,7 @@ import torch
 
 from fsrf import MODALITIES
 from fsrf.config import load_config
-from fsrf.missing import TABLE_CONDITIONS, all_conditions, condition_view
+from fsrf.protocol import MISSING, Condition, conditions_for
 from fsrf.model import FSRF, Inputs
 
 B, D = 6, 16
@@ -56,9 +56,21 @@ def make_inputs(modalities=MODALITIES, seed: int = 0, text_ids: bool = False, vo
     return x
 
 
-def run(model: FSRF, x: Inputs, condition: str, seed: int = 0):
+def table(present: str) -> Condition:
+    return Condition("table", present=present)
+
+
+def intra(p: float) -> Condition:
+    return Condition("intra", rate=p)
+
+
+def burst(p: float) -> Condition:
+    return Condition("burst", rate=p)
+
+
+def run(model: FSRF, x: Inputs, condition: Condition, seed: int = 0):
     valid = x.valid()
-    view = condition_view(condition, valid, seed=seed, available=model.modalities)
+    view = condition.view(valid, seed=seed, available=model.modalities)
     zeroed = tuple(view.zeroed(i, valid[i]) for i in range(3))
     return model(x, view.present, zeroed), view
 
@@ -68,7 +80,7 @@ def run(model: FSRF, x: Inputs, condition: str, seed: int = 0):
 def test_shapes_under_every_condition(ablation, modalities):
     model = make_model(*ABLATIONS[ablation], modalities=modalities)
     x = make_inputs(modalities)
-    conditions = all_conditions(modalities)
+    conditions = conditions_for(modalities)
     assert len(conditions) == (7 if len(modalities) == 3 else 1) + 10 + 5
     M = len(modalities)
     for cond in conditions:
@@ -91,7 +103,7 @@ def test_das_ablation_leaves_the_network_unchanged():
     full, no_das = make_model(), make_model("model.das=false")
     assert {k: v.shape for k, v in full.state_dict().items()} == {k: v.shape for k, v in no_das.state_dict().items()}
     x = make_inputs()
-    for cond in ("lav", "la", "intra_0.3"):
+    for cond in (table("lav"), table("la"), intra(0.3)):
         assert torch.equal(run(full, x, cond)[0].score, run(no_das, x, cond)[0].score)
 
 
@@ -106,7 +118,7 @@ def test_ablations_change_the_structure():
 @pytest.mark.parametrize("ablation", ["full", "no-dhf", "no-noise"])
 def test_gradients_finite_and_reach_every_parameter(ablation):
     model = make_model(*ABLATIONS[ablation]).train()
-    out, _ = run(model, make_inputs(), "lav")
+    out, _ = run(model, make_inputs(), table("lav"))
     loss = (out.score - 1.0).pow(2).mean() + (0 if out.ho is None else out.ho.pow(2).mean())
     loss.backward()
     for name, p in model.named_parameters():
@@ -128,7 +140,7 @@ FIELD = {"l": "text", "a": "audio", "v": "vision"}
 
 
 @pytest.mark.parametrize("ablation", ["full", "no-dhf"])
-@pytest.mark.parametrize("condition", TABLE_CONDITIONS[:-1])
+@pytest.mark.parametrize("condition", MISSING, ids=str)
 def test_absent_modality_does_not_influence_the_output(condition, ablation):
     model = make_model(*ABLATIONS[ablation])
     x = make_inputs()
@@ -136,13 +148,13 @@ def test_absent_modality_does_not_influence_the_output(condition, ablation):
     for m in MODALITIES:
         valid = x.valid()[MODALITIES.index(m)]
         changed, _ = run(model, _perturb(x, FIELD[m], valid), condition)
-        if m in condition:  # the check can fail: a present modality's features do matter
+        if m in condition.present:  # the check can fail: a present modality's features do matter
             assert not torch.allclose(changed.score, base.score, atol=1e-3), (condition, m)
         else:
             assert torch.equal(changed.score, base.score), (condition, m)
 
 
-@pytest.mark.parametrize("condition", ["intra_0.5", "burst_0.4", "intra_1.0"])
+@pytest.mark.parametrize("condition", [intra(0.5), burst(0.4), intra(1.0)], ids=str)
 def test_dropped_positions_do_not_influence_the_output(condition):
     model = make_model()
     x = make_inputs()
@@ -162,7 +174,7 @@ def test_padding_does_not_influence_the_output(train):
     model = make_model()
     model.train(train)
     x = make_inputs()
-    for cond in ("lav", "intra_0.3"):
+    for cond in (table("lav"), intra(0.3)):
         torch.manual_seed(0)  # dropout is 0 in SMALL; keep any other randomness equal too
         base, _ = run(model, x, cond)
         for i, m in enumerate(MODALITIES):
@@ -179,11 +191,11 @@ def test_empty_sequence_gives_a_finite_output():
     x.audio_valid = x.audio_valid.clone()
     x.audio_valid[2] = False  # a sample with no audio frame at all
     x.audio[2] = 0
-    for cond in ("lav", "intra_1.0", "a"):
+    for cond in (table("lav"), intra(1.0), table("a")):
         out, _ = run(model, x, cond)
         assert torch.isfinite(out.score).all(), cond
     model.eval()
-    out, _ = run(model, x, "lav")
+    out, _ = run(model, x, table("lav"))
     assert torch.isfinite(out.score).all()
 
 
@@ -204,7 +216,7 @@ def tiny_bert():
 UNK = 100  # BERT's [UNK] id
 
 
-@pytest.mark.parametrize("condition", ["intra_0.5", "burst_0.6"])
+@pytest.mark.parametrize("condition", [intra(0.5), burst(0.6)], ids=str)
 def test_live_encoder_replaces_dropped_tokens_with_unk(tiny_bert, condition):
     model = make_model(bert=tiny_bert, unk_id=UNK)
     x = make_inputs(text_ids=True, vocab=1200)
@@ -226,12 +238,12 @@ def test_live_encoder_replaces_dropped_tokens_with_unk(tiny_bert, condition):
 def test_live_encoder_absent_text_is_zero_and_ignores_ids(tiny_bert):
     model = make_model(bert=tiny_bert, unk_id=UNK)
     x = make_inputs(text_ids=True, vocab=1200)
-    out, view = run(model, x, "av")
+    out, view = run(model, x, table("av"))
     assert not view.present[:, 0].any()
     # C_L = 0, so H_l is the output layer's bias
     torch.testing.assert_close(out.h[:, 0], model.encoders["l"].out.bias.expand(B, D))
     y = replace(x, text=torch.randint(1000, 1200, x.text.shape))
-    assert torch.equal(run(model, y, "av")[0].score, out.score)
+    assert torch.equal(run(model, y, table("av"))[0].score, out.score)
 
 
 def test_live_encoder_gets_gradients(tiny_bert):
@@ -239,7 +251,7 @@ def test_live_encoder_gets_gradients(tiny_bert):
 
     bert = copy.deepcopy(tiny_bert).train()
     model = make_model(bert=bert, unk_id=UNK).train()
-    out, _ = run(model, make_inputs(text_ids=True, vocab=1200), "intra_0.3")
+    out, _ = run(model, make_inputs(text_ids=True, vocab=1200), intra(0.3))
     out.score.pow(2).mean().backward()
     grads = [p.grad for n, p in bert.named_parameters() if "pooler" not in n]  # the pooler is unused
     assert all(g is not None and torch.isfinite(g).all() for g in grads)

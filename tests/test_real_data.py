@@ -59,12 +59,12 @@ def test_real_mosi_language_beats_075(mosi_run):
 
 @pytest.mark.slow
 def test_real_mosi_token_drop_curve_falls_to_the_all_dropped_prediction(mosi_run):
-    from fsrf.missing import INTRA_POINTS, condition_view
     from fsrf.model import Inputs
-    from fsrf.train import SplitTensors, predict
+    from fsrf.protocol import INTRA, TABLE, predict
+    from fsrf.train import SplitTensors
 
     cfg, result, _ = mosi_run
-    curve = np.array([result.test[f"test/{F1}/intra_{p}"] for p in INTRA_POINTS])
+    curve = np.array([result.test[f"test/{F1}/{c.name}"] for c in INTRA])
     print("token-drop curve (zeroed states), p = 0.1 .. 1.0:", " ".join(f"{x:.3f}" for x in curve))
     rises = np.diff(curve)
     assert rises.max() <= NOISE, f"the curve rises by {rises.max():.3f} somewhere: {np.round(curve, 3)}"
@@ -73,14 +73,14 @@ def test_real_mosi_token_drop_curve_falls_to_the_all_dropped_prediction(mosi_run
     # p = 1.0: every utterance has lost every token, so every sample gets the same score ...
     test = result.prepared.splits["test"]
     valid = test.inputs.valid()
-    view = condition_view("intra_1.0", valid, seed=cfg.eval.mask_seed, available=result.prepared.modalities)
+    view = INTRA[-1].view(valid, seed=cfg.eval.mask_seed, available=result.prepared.modalities)  # p = 1.0
     assert bool((view.zeroed(0, valid[0]) == valid[0]).all())  # every valid token dropped
     scores = predict(result.model, test, view, batch_size=cfg.eval.batch_size)
     assert float(scores.max() - scores.min()) < 1e-5, "the all-dropped scores are not constant"
     # ... the score of an all-zero text input (the all-dropped prediction).
     x = test.inputs
     zero = SplitTensors(Inputs(torch.zeros_like(x.text), x.text_valid), test.labels)
-    complete = condition_view("l", valid, seed=cfg.eval.mask_seed, available=result.prepared.modalities)
+    complete = TABLE[0].view(valid, seed=cfg.eval.mask_seed, available=result.prepared.modalities)  # l
     constant = predict(result.model, zero, complete, batch_size=cfg.eval.batch_size)
     assert float(constant.max() - constant.min()) < 1e-5
     assert torch.allclose(scores, constant, atol=1e-5)

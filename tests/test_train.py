@@ -17,24 +17,27 @@ from pathlib import Path
 import pytest
 
 from fsrf.config import load_config
-from fsrf.missing import BURST_POINTS, INTRA_POINTS, TABLE_CONDITIONS, modality_conditions
-from fsrf.train import HEADLINE, build_model, evaluate, fit, prepare
+from fsrf.protocol import (BURST, HEADLINE, INTRA, INTRA_POINTS, OBJECTIVE, SELECTION_RULE, TABLE, Condition,
+                           conditions_for, evaluate, per_modality_conditions)
+from fsrf.train import build_model, fit, prepare
 
 ROOT = Path(__file__).resolve().parents[1]
 MOSI_CSV = ROOT.parent / "shared" / "data" / "mosi" / "label.csv"  # not shipped: see shared/data/README.md
 
 METRICS = ("Has0_acc_2", "Has0_F1_score", "Non0_acc_2", "Non0_F1_score", "Mult_acc_5", "Mult_acc_7", "MAE", "Corr")
 FRACTIONS = METRICS[:6]  # in [0, 1]; MAE and Corr are not
-INTRA = [f"intra_{p}" for p in INTRA_POINTS]
-BURST = [f"burst_{p}" for p in BURST_POINTS]
+# The metric names of SPEC section 6 (conditions' names are pinned in test_protocol.py).
+TABLE_NAMES = [c.name for c in TABLE]
+INTRA_NAMES = [c.name for c in INTRA]
+BURST_NAMES = [c.name for c in BURST]
 # The per-modality extension, evaluated on test and on the selected epoch's validation: 30 curve points,
 # their three averages and the default eval.modality_rates (each modality in turn at 0.9, the others 0.3).
-PER_MODALITY = [*modality_conditions(), "intra_l_avg", "intra_a_avg", "intra_v_avg",
+PER_MODALITY = [*(c.name for c in per_modality_conditions()), "intra_l_avg", "intra_a_avg", "intra_v_avg",
                 "rates_l0.9_a0.3_v0.3", "rates_l0.3_a0.9_v0.3", "rates_l0.3_a0.3_v0.9"]
-EPOCH_CONDITIONS = [*TABLE_CONDITIONS, "avg_missing", *INTRA, "intra_avg", "objective"]  # per-epoch validation
-FULL_CONDITIONS = [*TABLE_CONDITIONS, "avg_missing", *INTRA, "intra_avg", *BURST, "burst_avg", "objective",
+EPOCH_CONDITIONS = [*TABLE_NAMES, "avg_missing", *INTRA_NAMES, "intra_avg", "objective"]  # per-epoch validation
+FULL_CONDITIONS = [*TABLE_NAMES, "avg_missing", *INTRA_NAMES, "intra_avg", *BURST_NAMES, "burst_avg", "objective",
                    *PER_MODALITY]
-TEXT_CONDITIONS = ["l", *INTRA, "intra_avg", *BURST, "burst_avg", "objective"]
+TEXT_CONDITIONS = ["l", *INTRA_NAMES, "intra_avg", *BURST_NAMES, "burst_avg", "objective"]
 
 TINY = ["data.size_scale=0.05", "train.epochs=1", "train.max_batches=3", "model.width=16", "model.seq_width=8",
         "train.threads=1"]
@@ -73,7 +76,7 @@ def test_cli_smoke_test_writes_every_protocol_metric(tmp_path, run_cli):
     result = json.loads((out / "metrics.json").read_text())
     check_protocol_metrics(result["test"], "test", FULL_CONDITIONS)
     check_protocol_metrics(result["val"], "val", FULL_CONDITIONS)
-    for c in TABLE_CONDITIONS:  # the headline names of SPEC section 6, spelled out
+    for c in TABLE_NAMES:  # the headline names of SPEC section 6, spelled out
         assert f"test/{HEADLINE}/{c}" in result["test"]
     assert f"test/{HEADLINE}/intra_0.3" in result["test"] and f"val/{HEADLINE}/avg_missing" in result["val"]
     assert result["modalities"] == ["l", "a", "v"]
@@ -147,16 +150,18 @@ def test_the_best_validation_epoch_is_selected_and_tested():
     weights = {}
     result = fit(cfg, log=quiet, report=lambda e, m, state: weights.__setitem__(e, copy.deepcopy(state()["model"])))
     assert sorted(weights) == [0, 1, 2, 3]
-    objective = [h[f"val/{HEADLINE}/objective"] for h in result.history]
+    objective = [h[OBJECTIVE] for h in result.history]
     assert result.best_epoch == objective.index(max(objective))
     # measured objective 0.23, 0.45, 0.45, 0.45: the best is not simply the last epoch, so this can fail
     assert result.best_epoch < len(objective) - 1, f"retune this test: objective {objective}"
-    assert result.val[f"val/{HEADLINE}/objective"] == max(objective)
+    assert result.val[OBJECTIVE] == max(objective)
+    assert result.to_json(cfg)["selection"] == f"epoch with the best {OBJECTIVE}" and OBJECTIVE in SELECTION_RULE
     model = build_model(cfg, result.prepared)
     model.load_state_dict(weights[result.best_epoch])
-    again = evaluate(model, result.prepared.splits["test"], modalities=result.prepared.modalities,
-                     mask_seed=cfg.eval.mask_seed, batch_size=cfg.eval.batch_size, prefix="test",
-                     per_modality=True, modality_rates=cfg.eval.modality_rates)
+    mods = result.prepared.modalities
+    protocol = conditions_for(mods) + per_modality_conditions(mods, rates=cfg.eval.modality_rates)
+    again = evaluate(model, result.prepared.splits["test"], protocol, modalities=mods,
+                     mask_seed=cfg.eval.mask_seed, batch_size=cfg.eval.batch_size, prefix="test")
     assert again == result.test
 
 
@@ -301,19 +306,19 @@ def test_conditions_from_shared_encoder_passes_equal_one_pass_per_condition():
     intra_a_p: audio only): every score must equal that of a full pass per condition."""
     import torch
 
-    from fsrf.missing import condition_view
-    from fsrf.train import _scores, build_model, predict
+    from fsrf.protocol import _scores, predict
 
     cfg = load_config(None, TINY)
     prep = prepare(cfg)
     torch.manual_seed(3)
     model = build_model(cfg, prep).eval()
     data = prep.splits["valid"]
-    conditions = [*TABLE_CONDITIONS, "intra_0.3", "burst_0.6", "intra_l_0.5", "intra_a_0.3", "intra_v_1.0",
-                  "rates_l0.9_a0.3_v0.0"]
+    one = [Condition("modality", modality=m, rate=p) for m, p in (("l", 0.5), ("a", 0.3), ("v", 1.0))]
+    conditions = [*TABLE, Condition("intra", rate=0.3), Condition("burst", rate=0.6), *one,
+                  Condition("rates", rates=(0.9, 0.3, 0.0))]
     shared = _scores(model, data, conditions, modalities=prep.modalities, mask_seed=5, batch_size=7)
     for cond in conditions:
-        view = condition_view(cond, data.inputs.valid(), seed=5, available=prep.modalities)
+        view = cond.view(data.inputs.valid(), seed=5, available=prep.modalities)
         torch.testing.assert_close(shared[cond], predict(model, data, view, batch_size=7), rtol=1e-5, atol=1e-6)
 
 
@@ -328,11 +333,13 @@ def test_evaluate_per_modality_names_and_values():
     torch.manual_seed(3)
     model = build_model(cfg, prep).eval()
     kw = dict(modalities=prep.modalities, mask_seed=cfg.eval.mask_seed, batch_size=64, prefix="test")
-    plain = evaluate(model, prep.splits["test"], **kw)
-    full = evaluate(model, prep.splits["test"], per_modality=True, modality_rates=[(0.3, 0.1, 0.5)], **kw)
+    plain = evaluate(model, prep.splits["test"], conditions_for(prep.modalities), **kw)
+    extension = per_modality_conditions(prep.modalities, rates=[(0.3, 0.1, 0.5)])
+    full = evaluate(model, prep.splits["test"], conditions_for(prep.modalities) + extension, **kw)
     assert {k: full[k] for k in plain} == plain  # the extension changes nothing that was there
     extra = {k.split("/")[2] for k in set(full) - set(plain)}
-    assert extra == {*modality_conditions(), "intra_l_avg", "intra_a_avg", "intra_v_avg", "rates_l0.3_a0.1_v0.5"}
+    assert extra == {*(c.name for c in extension), "intra_l_avg", "intra_a_avg", "intra_v_avg"}
+    assert "rates_l0.3_a0.1_v0.5" in extra
     for m in "lav":
         points = [full[f"test/MAE/intra_{m}_{p}"] for p in INTRA_POINTS]
         assert full[f"test/MAE/intra_{m}_avg"] == pytest.approx(np.mean(points))
