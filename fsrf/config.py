@@ -65,11 +65,17 @@ class ModelConfig(_Section):
     dhf: bool = True  # False: concatenate the H_m, project, no factorization losses
     das: bool = True  # False: no alignment terms (both MRM views and their task losses stay)
     noise: bool = True  # False: no R_n and no noise losses
+    # With dhf=False: "early" concatenates the H_m and projects them (the concatenation baseline);
+    # "late" gives each modality its own score head, the prediction being the mean over the present
+    # modalities' scores (a true late fusion, MultiBench's effective-robustness baseline; SPEC 7).
+    fusion: Literal["early", "late"] = "early"
 
     @model_validator(mode="after")
     def _heads_divide(self) -> "ModelConfig":
         if self.seq_width % self.seq_heads:
             raise ValueError(f"model.seq_width ({self.seq_width}) must be divisible by model.seq_heads ({self.seq_heads})")
+        if self.fusion == "late" and self.dhf:
+            raise ValueError("model.fusion = 'late' needs model.dhf = false (FSRF fuses by Z = sum R_ho + sum R_he - sum R_n)")
         return self
 
 
@@ -82,7 +88,18 @@ class LossConfig(_Section):
     margin: float = Field(0.5, ge=0, le=2)  # eq (2) margin on cosine distance (in [0, 2])
     noise_mu: float = Field(0.0, ge=-10, le=10)  # eq (3) prior mean
     noise_sigma2: float = Field(1.0, gt=0, le=100)  # eq (3) prior variance
-    sinkhorn_eps: float = Field(1.0, gt=0, le=100)  # eq (7), in the units of C (squared distances; see README)
+    # Eq (3): "prior" (SPEC 7, default: the entropy of R_n blurred by the prior, bounded below) or
+    # "literal" (SPEC 4 with jitter: unbounded below, R_n collapses to a constant within an epoch).
+    noise_entropy_form: Literal["prior", "literal"] = "prior"
+    # Eq (7): "divergence" (SPEC 7, default: debiased Sinkhorn divergence, 0 when the views agree) or
+    # "distance" (SPEC 4: the raw entropic OT cost, whose entropic bias mostly shrinks Z).
+    das_feature: Literal["divergence", "distance"] = "divergence"
+    # Eq (7)'s entropic regularisation. relative (default): eps = sinkhorn_eps x the batch's median pairwise
+    # cost (detached), so that it keeps its meaning as Z's scale changes in training; absolute: in the
+    # units of C (squared distances). 0.25 x median: the plan pairs the views (paired mass ~10x a
+    # uniform plan's on stand-in views) and every Sinkhorn solve converges (README, "Mechanisms").
+    sinkhorn_eps: float = Field(0.25, gt=0, le=100)
+    sinkhorn_eps_relative: bool = True
     js_temperature: float = Field(1.0, gt=0, le=100)  # T_js of the polarity distribution softmax([-s, s]/T)
 
 
@@ -129,7 +146,7 @@ class TrainConfig(_Section):
     # lr 1e-3 at batch 32 reaches the same validation objective in fewer epochs (the study searches lr).
     lr: float = Field(1e-3, gt=0, le=1)
     weight_decay: float = Field(0.0, ge=0, le=1)
-    grad_clip: float = Field(1.0, gt=0)
+    grad_clip: float | None = Field(1.0, gt=0)  # max gradient norm; None: no clipping (the paper's setting)
     threads: int = Field(0, ge=0)  # torch intra-op threads; 0: leave torch's choice
     max_batches: int | None = Field(None, ge=1)  # cap batches per epoch (smoke tests)
     use_gpu: bool = False
@@ -141,6 +158,9 @@ class EvalConfig(_Section):
 
     mask_seed: int = 1234  # every model is evaluated on the same masks
     batch_size: int = Field(256, ge=1)
+    # Mechanism health (SPEC 7) per epoch on validation (health/*); the gradient shares of the loss terms
+    # are sampled every `health_every` training steps (0: no health metrics).
+    health_every: int = Field(20, ge=0)
     # Text-only data: also evaluate the word-drop curve the field's way, each dropped token's id
     # replaced by [UNK] before a live encoder (conditions unk_0.1 .. unk_1.0), beside zeroed states.
     unk_curve: bool = False

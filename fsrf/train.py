@@ -135,19 +135,35 @@ def train_losses(cfg: RunConfig, model: torch.nn.Module, x: Inputs, y: torch.Ten
     L = cfg.loss
     dhf_p = dhf_q = das = None
     if cfg.model.dhf:
-        kw = dict(tau=L.tau, margin=L.margin, mu=L.noise_mu, sigma2=L.noise_sigma2, use_noise=cfg.model.noise)
+        # SPEC 7: the DHF terms see the modalities present in each view only (columns in the model's order)
+        cols = getattr(model, "module", model).index  # DDP wraps the model
+        kw = dict(tau=L.tau, margin=L.margin, mu=L.noise_mu, sigma2=L.noise_sigma2, use_noise=cfg.model.noise,
+                  noise_entropy_form=L.noise_entropy_form)
         noise = out.noise if cfg.model.noise else None
-        dhf_p = losses.dhf_loss(out.ho[:B], out.he[:B], None if noise is None else noise[:B], **kw)
-        dhf_q = losses.dhf_loss(out.ho[B:], out.he[B:], None if noise is None else noise[B:], **kw)
+        dhf_p = losses.dhf_loss(out.ho[:B], out.he[:B], None if noise is None else noise[:B],
+                                present=vp.present[:, cols], **kw)
+        dhf_q = losses.dhf_loss(out.ho[B:], out.he[B:], None if noise is None else noise[B:],
+                                present=vq.present[:, cols], **kw)
     if cfg.model.das:
         T = L.js_temperature
+        median = losses.median_pairwise_cost(out.z[:B], out.z[B:])  # the cost scale eps is measured against
+        eps = sinkhorn_eps(L, median)
         das = losses.das_loss(out.z[:B], out.z[B:], losses.polarity_probs(sp, T), losses.polarity_probs(sq, T),
-                              eps=L.sinkhorn_eps)
+                              eps=eps, feature=L.das_feature)
     terms = losses.total_loss(F.mse_loss(sp, y), F.mse_loss(sq, y), dhf_p=dhf_p, dhf_q=dhf_q, das=das,
                               lambda1=L.lambda1, lambda2=L.lambda2)
-    if cfg.model.das:  # the cost scale that sinkhorn_eps is measured against (a diagnostic, no gradient)
-        terms["das/median_cost"] = torch.tensor(losses.median_pairwise_cost(out.z[:B], out.z[B:]))
+    if cfg.model.das:  # diagnostics, no gradient
+        terms["das/median_cost"] = torch.tensor(median)
+        terms["das/eps"] = torch.tensor(eps)
     return terms
+
+
+def sinkhorn_eps(loss_cfg, median_cost: float) -> float:
+    """Eq (7)'s eps for one batch: ``loss.sinkhorn_eps`` times the batch's median pairwise cost between
+    the two views' Z when ``loss.sinkhorn_eps_relative`` (the default), else as given (units of C)."""
+    if not loss_cfg.sinkhorn_eps_relative:
+        return float(loss_cfg.sinkhorn_eps)
+    return float(loss_cfg.sinkhorn_eps) * max(float(median_cost), 1e-8)  # a collapsed batch keeps eps > 0
 
 
 @dataclass
@@ -264,7 +280,8 @@ def fit(cfg: RunConfig, *, prep: Prepared | None = None, report: Report | None =
                                          f"step {n_batches + 1}")
             opt.zero_grad(set_to_none=True)
             terms["total"].backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+            if cfg.train.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
             opt.step()
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
