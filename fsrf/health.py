@@ -20,6 +20,7 @@ a variance, one for a cosine); ``log_names`` turns such a dict into the logged n
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterable, Mapping
 
 import torch
@@ -207,3 +208,89 @@ def grad_shares(terms: Mapping[str, Tensor], params: Iterable[Tensor]) -> dict[s
         norms[name] = math.sqrt(sum(float(g.detach().double().pow(2).sum()) for g in grads if g is not None))
     total = sum(norms.values())
     return {name: (norm / total if total > 0 else 0.0) for name, norm in norms.items()}
+
+
+# ---------------------------------------------------------------------------------------------------
+# A model's health on a split (what ``fsrf.train.fit`` logs each epoch)
+# ---------------------------------------------------------------------------------------------------
+
+
+def loss_parts(terms: Mapping[str, Tensor], *, lambda1: float, lambda2: float) -> dict[str, Tensor]:
+    """The loss terms of one training step (``fsrf.losses.total_loss``'s result) as they enter the total,
+    weights included: ``task`` (both views), each ``dhf/<component>`` x lambda1 and ``das/<component>``
+    x lambda2, keyed by component name (``contrastive``, ``noise_entropy``, ``sinkhorn``, ``js``, ...)."""
+    parts = {"task": terms["task_p"] + terms["task_q"]}
+    for key, value in terms.items():
+        head, _, component = key.partition("/")
+        if not component or not isinstance(value, Tensor) or not value.requires_grad:
+            continue  # the sums ("dhf", "das") and diagnostics (median cost, eps)
+        if head == "dhf":
+            parts[component] = lambda1 * value
+        elif head == "das":
+            parts[component] = lambda2 * value
+    return parts
+
+
+def shared_parameters(model) -> list[Tensor]:
+    """The layers every loss term's gradient passes through: the modality projections to H_m (each
+    encoder's last linear layer), where the task, DHF and DAS terms meet."""
+    model = getattr(model, "module", model)  # DDP
+    return [p for enc in model.encoders.values() for p in enc.out.parameters() if p.requires_grad]
+
+
+@torch.no_grad()
+def measure(model, data, *, views: tuple, eps_fn, batch_size: int) -> dict[str, float]:
+    """The representation health of ``model`` on a split (SPEC 7 names, ``health/...``).
+
+    On the complete input (every modality present, nothing dropped): ``noise_var``, ``noise_rank``
+    (R_n), ``ho_agreement``, ``he_ho_cos``. On two fixed MRM views of the split (``views`` = (View p,
+    View q), drawn once per run so every epoch sees the same ones), batch by batch as training pairs
+    them: ``das_paired_mass`` (B x the Sinkhorn plan's mass on paired rows at the run's eps,
+    ``eps_fn(median cost)``) and ``das_pair_cost_ratio`` (mean paired cost over mean unpaired cost
+    between the two views' Z: below 1 when a sample's two views are closer than two samples are).
+    A metric whose part is switched off (no DHF, no R_n) is left out.
+    """
+    from fsrf import losses
+    from fsrf.missing import slice_view, zeroed_masks
+
+    model.eval()
+    n = len(data)
+    valid = data.inputs.valid()
+    everything = torch.ones(n, 3, dtype=torch.bool)
+    nothing = tuple(torch.zeros_like(v) for v in valid)
+    outs = [model(data.batch(idx), everything[idx], tuple(z[idx] for z in nothing))
+            for idx in torch.arange(n).split(batch_size)]
+    out: dict[str, float] = {}
+    if outs[0].noise is not None:
+        noise = torch.cat([o.noise for o in outs])
+        out.update(log_names("health/noise_var", noise_var(noise)))
+        out.update(log_names("health/noise_rank", noise_rank(noise)))
+    if outs[0].ho is not None:
+        ho, he = torch.cat([o.ho for o in outs]), torch.cat([o.he for o in outs])
+        if ho.shape[1] > 1:
+            out["health/ho_agreement"] = ho_agreement(ho)
+        out.update(log_names("health/he_ho_cos", he_ho_cos(he, ho)))
+    vp, vq = views
+    zp_all, zq_all = [], []
+    for idx in torch.arange(n).split(batch_size):
+        x = data.batch(idx)
+        v_idx = [x.valid()[i] for i in range(3)]
+        for view, acc in ((vp, zp_all), (vq, zq_all)):
+            part = slice_view(view, idx)
+            acc.append(model(x, part.present, zeroed_masks(part, v_idx)).z)
+    masses, ratios = [], []
+    for zp, zq in zip(zp_all, zq_all):
+        if len(zp) < 2:
+            continue
+        zp, zq = zp.double(), zq.double()
+        cost = torch.cdist(zp, zq).pow(2)  # (b, b)
+        off = ~torch.eye(len(zp), dtype=torch.bool)
+        ratios.append(float(cost.diagonal().mean() / cost[off].mean().clamp(min=1e-12)))
+        with warnings.catch_warnings():  # a diagnostic: a non-converged plan is still read, not counted
+            warnings.simplefilter("ignore", RuntimeWarning)
+            plan = losses.sinkhorn_plan(zp, zq, eps_fn(losses.median_pairwise_cost(zp, zq)))
+        masses.append(das_paired_mass(plan))
+    if masses:
+        out["health/das_paired_mass"] = sum(masses) / len(masses)
+        out["health/das_pair_cost_ratio"] = sum(ratios) / len(ratios)
+    return out

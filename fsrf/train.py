@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fsrf import losses
+from fsrf import health, losses
 from fsrf.config import RunConfig, flatten
 from fsrf.data import SPLITS, Split, fingerprint, load_dataset
 from fsrf.missing import Schedule, mrm_views, zeroed_masks
@@ -255,6 +255,13 @@ def fit(cfg: RunConfig, *, prep: Prepared | None = None, report: Report | None =
     full_conditions = (conditions_for(prep.modalities)
                        + per_modality_conditions(prep.modalities, rates=cfg.eval.modality_rates))
     total_nonconverged = 0
+    # Mechanism health (SPEC 7): two fixed MRM views of validation (rate 0.5, the eval mask seed), the
+    # same every epoch and for every variant, and gradient shares sampled every `health_every` steps
+    # (not under DDP: autograd.grad outside backward would confuse its gradient reducer).
+    health_on = cfg.eval.health_every > 0
+    if health_on:
+        health_views = mrm_views(valid.inputs.valid(), rate=0.5,
+                                 generator=torch.Generator().manual_seed(cfg.eval.mask_seed))
     for epoch in range(first_epoch, cfg.train.epochs):
         t0 = time.time()
         model.train()
@@ -263,6 +270,7 @@ def fit(cfg: RunConfig, *, prep: Prepared | None = None, report: Report | None =
         order = order[: len(order) // world * world][rank::world]  # equal shards keep ranks in step
         sums: dict[str, float] = {}
         n_batches = nonconverged = 0
+        shares: list[dict[str, float]] = []
         for i in range(0, len(order) - 1, cfg.train.batch_size):
             idx = order[i: i + cfg.train.batch_size]
             if len(idx) < 2:  # eq (2) and (3) need two samples
@@ -278,6 +286,10 @@ def fit(cfg: RunConfig, *, prep: Prepared | None = None, report: Report | None =
                 # step fail somewhere less clear (the noise entropy's Cholesky): stop here, saying why
                 raise FloatingPointError(f"train/total is {float(terms['total'].detach())} at epoch {epoch + 1}, "
                                          f"step {n_batches + 1}")
+            if health_on and world == 1 and n_batches % cfg.eval.health_every == 0:
+                shares.append(health.grad_shares(
+                    health.loss_parts(terms, lambda1=cfg.loss.lambda1, lambda2=cfg.loss.lambda2),
+                    health.shared_parameters(net)))
             opt.zero_grad(set_to_none=True)
             terms["total"].backward()
             if cfg.train.grad_clip is not None:
@@ -299,11 +311,16 @@ def fit(cfg: RunConfig, *, prep: Prepared | None = None, report: Report | None =
                     f"{metrics['train/das/median_cost']:.3g}): consider a larger loss.sinkhorn_eps")
         metrics.update(evaluate(model, valid, epoch_conditions, modalities=prep.modalities,
                                 mask_seed=cfg.eval.mask_seed, batch_size=cfg.eval.batch_size, prefix="val"))
+        if health_on:
+            metrics.update(health.measure(model, valid, views=health_views, batch_size=cfg.train.batch_size,
+                                          eps_fn=lambda median: sinkhorn_eps(cfg.loss, median)))
+            for k in shares[0] if shares else ():
+                metrics[f"health/grad_share/{k}"] = float(np.mean([sh[k] for sh in shares]))
         metrics["epoch_time_s"] = time.time() - t0
         if metrics[objective] > best["score"]:
             best = {"score": metrics[objective], "epoch": epoch,
                     "state": copy.deepcopy(model.state_dict()), "val": metrics}
-        history.append({"epoch": epoch, **{k: v for k, v in metrics.items() if k.startswith("train/")},
+        history.append({"epoch": epoch, **{k: v for k, v in metrics.items() if k.startswith(("train/", "health/"))},
                         objective: metrics[objective], complete: metrics[complete]})
         log(f"epoch {epoch + 1}/{cfg.train.epochs}  train/total {metrics.get('train/total', float('nan')):.4f}  "
             f"val objective {metrics[objective]:.4f}  (best {best['score']:.4f} @ {best['epoch'] + 1})  "

@@ -137,7 +137,7 @@ def clean_params(params: dict[str, Any]) -> dict[str, str]:
     return {k: ("None" if v is None else str(v))[:_PARAM_MAX] for k, v in params.items()}
 
 
-def numeric_metrics(result: dict[str, Any], prefixes=("train/", "val/", "best/", "test/")) -> dict[str, float]:
+def numeric_metrics(result: dict[str, Any], prefixes=("train/", "val/", "best/", "test/", "health/")) -> dict[str, float]:
     """The finite numeric metrics of a Tune result that belong in MLflow."""
     out = {}
     for k, v in result.items():
@@ -255,7 +255,7 @@ class TrialTracker(tune.Callback):
             manifest = json.loads(result[MANIFEST])
             self.manifests[trial.trial_id] = manifest
             self._log_manifest(run_id, manifest)
-        log_metrics(self.client, run_id, numeric_metrics(result, prefixes=("train/", "val/", "best/", "test/", "cost/")),
+        log_metrics(self.client, run_id, numeric_metrics(result, prefixes=("train/", "val/", "best/", "test/", "health/", "cost/")),
                     step=int(result.get("epoch", iteration)))
 
     def _log_manifest(self, run_id: str, manifest: dict) -> None:
