@@ -153,6 +153,18 @@ def test_robustness_variants_come_from_fsrf_variants():
             assert variants.of_config(flat) == v.name
 
 
+def test_the_cli_has_no_fault_injection_switch(capsys):
+    """NaN trials come from ``tests/nan_study.py`` (the driver called with a test trainable), not from a
+    hidden flag of the production command line."""
+    import dataclasses
+
+    from studies import tune_lambdas, worker
+
+    with pytest.raises(SystemExit):
+        tune_lambdas.parse(["--nan-trial", "2"])
+    assert not [f.name for f in dataclasses.fields(worker.TrialSettings) if "nan" in f.name]
+
+
 # ---------------------------------------------------------------------------------- the shared study
 
 @pytest.fixture(scope="module")
