@@ -134,9 +134,9 @@ def train_losses(cfg: RunConfig, model: torch.nn.Module, x: Inputs, y: torch.Ten
     sp, sq = out.score[:B], out.score[B:]
     L = cfg.loss
     dhf_p = dhf_q = das = None
+    cols = getattr(model, "module", model).index  # the model's modalities as columns of present; DDP wraps it
     if cfg.model.dhf:
         # SPEC 7: the DHF terms see the modalities present in each view only (columns in the model's order)
-        cols = getattr(model, "module", model).index  # DDP wraps the model
         kw = dict(tau=L.tau, margin=L.margin, mu=L.noise_mu, sigma2=L.noise_sigma2, use_noise=cfg.model.noise,
                   noise_entropy_form=L.noise_entropy_form)
         noise = out.noise if cfg.model.noise else None
@@ -150,12 +150,35 @@ def train_losses(cfg: RunConfig, model: torch.nn.Module, x: Inputs, y: torch.Ten
         eps = sinkhorn_eps(L, median)
         das = losses.das_loss(out.z[:B], out.z[B:], losses.polarity_probs(sp, T), losses.polarity_probs(sq, T),
                               eps=eps, feature=L.das_feature)
-    terms = losses.total_loss(F.mse_loss(sp, y), F.mse_loss(sq, y), dhf_p=dhf_p, dhf_q=dhf_q, das=das,
+    if cfg.model.fusion == "late" and not cfg.model.dhf:  # each modality's predictor, its own task loss
+        task_p = late_fusion_task_loss(out.scores[:B], y, present=vp.present[:, cols])
+        task_q = late_fusion_task_loss(out.scores[B:], y, present=vq.present[:, cols])
+    else:
+        task_p, task_q = F.mse_loss(sp, y), F.mse_loss(sq, y)
+    terms = losses.total_loss(task_p, task_q, dhf_p=dhf_p, dhf_q=dhf_q, das=das,
                               lambda1=L.lambda1, lambda2=L.lambda2)
     if cfg.model.das:  # diagnostics, no gradient
-        terms["das/median_cost"] = torch.tensor(median)
-        terms["das/eps"] = torch.tensor(eps)
+        terms["das/median_cost"] = torch.tensor(median, dtype=torch.float64)
+        terms["das/eps"] = torch.tensor(eps, dtype=torch.float64)
     return terms
+
+
+def late_fusion_task_loss(scores: torch.Tensor, y: torch.Tensor, *, present: torch.Tensor) -> torch.Tensor:
+    """The task loss of one view for late fusion (``model.fusion = "late"``): the mean, over the modalities
+    present in some sample of the view, of each modality's own MSE over the samples in which it is present.
+
+    ``scores`` (B, M) are the per-modality predictions (``Output.scores``), ``y`` (B,), ``present`` (B, M)
+    bool in the model's modality order. Each predictor learns to predict the label from its modality
+    alone, as a late fusion's unimodal models do; the MSE of the fused mean would let the predictors
+    correct one another, so that each alone (a one-modality test condition) would be off. With every
+    modality present (late fusion is trained without MRM) it is the mean of the M per-modality MSEs.
+    Absent pairs are weighted by 0 rather than left out, so that every head stays in the graph (DDP).
+    """
+    w = present.to(scores.dtype)  # (B, M)
+    n = w.sum(0)  # (M,) samples in which each modality is present
+    per_modality = ((scores - y[:, None]) ** 2 * w).sum(0) / n.clamp(min=1)  # (M,)
+    seen = (n > 0).to(scores.dtype)  # (M,)
+    return (per_modality * seen).sum() / seen.sum().clamp(min=1)
 
 
 def sinkhorn_eps(loss_cfg, median_cost: float) -> float:
