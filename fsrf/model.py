@@ -7,6 +7,15 @@ Missing input arrives as zeros, as in the paper: a dropped frame or token state 
 modality is all zeros (a live text encoder sees ``[UNK]`` for a dropped token and skips an absent
 utterance, whose C_L is then zero). The network is told only what a real system would know: which
 positions are padding. Which positions were dropped is not given to it.
+
+An absent modality carries no information (SPEC section 7): its H_m is one vector for every sample,
+whatever its stored values and valid length. Text: C_L = 0 (H_l is the output layer's bias). Audio and
+vision: the encoder's output on one zero frame at position 0, computed once per forward pass and
+broadcast to the absent rows, which never enter the Transformer.
+
+``model.fusion`` (with ``dhf=False``): ``early`` concatenates the H_m and projects them to Z, one head;
+``late`` gives every modality its own head on H_m, the prediction being the mean of the present
+modalities' scores (a true late fusion, SPEC section 7), so the fusion must know which are present.
 """
 
 from __future__ import annotations
@@ -54,11 +63,12 @@ class Inputs:
 @dataclass
 class Output:
     score: Tensor  # (B,) sentiment score s
-    z: Tensor  # (B, D) joint representation Z
+    z: Tensor  # (B, D) joint representation Z (late fusion, which has none: the mean of the present H_m)
     h: Tensor  # (B, M, D) projected modality features H_m
     ho: Tensor | None  # (B, M, D) modality-homogeneous R_ho (None when dhf=False)
     he: Tensor | None  # (B, M, D) modality-heterogeneous R_he
     noise: Tensor | None  # (B, M, D) noise R_n (None when dhf=False or noise=False)
+    scores: Tensor | None = None  # (B, M) each modality's own score (late fusion only; absent ones too)
 
 
 def mlp(d_in: int, d_hidden: int, d_out: int) -> nn.Sequential:
@@ -82,7 +92,26 @@ class SequenceEncoder(nn.Module):
         pe[:, 0::2], pe[:, 1::2] = torch.sin(pos * div), torch.cos(pos * div[: cfg.seq_width // 2])
         self.register_buffer("pe", pe, persistent=False)
 
-    def forward(self, x: Tensor, valid: Tensor, zeroed: Tensor) -> Tensor:
+    def forward(self, x: Tensor, valid: Tensor, zeroed: Tensor, present: Tensor) -> Tensor:
+        """H_m (B, D); ``present`` (B,) bool. An absent row gets ``absent()``, one vector for all rows,
+        so neither its stored frames nor its valid length reach the output."""
+        rows = present.nonzero().squeeze(1)  # the Transformer runs on present rows only
+        if len(rows) == len(x):
+            return self.encode_sequences(x, valid, zeroed)
+        # Either path uses every parameter of the encoder, as DistributedDataParallel (without
+        # find_unused_parameters) requires of every step.
+        h = self.absent(x).expand(len(x), -1).clone()  # (B, D)
+        if len(rows):
+            h[rows] = self.encode_sequences(x[rows], valid[rows], zeroed[rows]).to(h.dtype)
+        return h
+
+    def absent(self, x: Tensor) -> Tensor:
+        """The representation of an absent modality (D,): the encoder on one zero frame at position 0."""
+        hidden = self.inp(x.new_zeros(1, 1, x.shape[-1])) + self.pe[:1]  # (1, 1, W)
+        return self.out(self.encoder(hidden)[0, 0])  # (D,)
+
+    def encode_sequences(self, x: Tensor, valid: Tensor, zeroed: Tensor) -> Tensor:
+        """(B, T, d_in) frames of present rows -> (B, D), output at the last valid position."""
         x = x.masked_fill(zeroed[..., None], 0.0)  # (B, T, d_in), dropped frames are zeros
         hidden = self.inp(x) + self.pe[: x.shape[1]]  # (B, T, W)
         lengths = valid.sum(1)  # (B,)
@@ -107,7 +136,7 @@ class TextEncoder(nn.Module):
     def forward(self, text: Tensor, valid: Tensor, zeroed: Tensor, present: Tensor) -> Tensor:
         n_valid = valid.sum(1, keepdim=True).clamp(min=1)  # (B, 1)
         if self.bert is None:
-            keep = (valid & ~zeroed)[..., None].to(text.dtype)  # (B, T, 1)
+            keep = (valid & ~zeroed & present[:, None])[..., None].to(text.dtype)  # (B, T, 1), absent: none
             c = (text * keep).sum(1) / n_valid  # (B, d_l)
         else:
             ids = text.masked_fill(zeroed & valid, self.unk_id)  # (B, T) dropped words -> [UNK]
@@ -123,7 +152,8 @@ class FSRF(nn.Module):
     """Encoders -> H_m -> DHF (R_ho, R_he, R_n) -> Z = sum R_ho + sum R_he - sum R_n -> score.
 
     ``modalities`` names those the dataset has (in l, a, v order); ``dims`` their input widths.
-    Ablations (``cfg.dhf``, ``cfg.noise``) change the structure here; ``cfg.das`` only the losses.
+    Ablations (``cfg.dhf``, ``cfg.noise``) and, without DHF, ``cfg.fusion`` change the structure here;
+    ``cfg.das`` only the losses.
     """
 
     def __init__(self, cfg: ModelConfig, *, dims: dict[str, int], modalities: tuple[str, ...] = MODALITIES,
@@ -141,13 +171,16 @@ class FSRF(nn.Module):
             self.specific = nn.ModuleDict({m: mlp(2 * D, D, D) for m in modalities})  # E_he(H_m, R_ho_m)
             if cfg.noise:
                 self.noise = nn.ModuleDict({m: mlp(D, D, D) for m in modalities})  # E_n per modality
-        else:
+            self.head = mlp(D, D, 1)
+        elif cfg.fusion == "early":
             self.fuse = nn.Sequential(nn.Linear(len(modalities) * D, D), nn.ReLU())
-        self.head = mlp(D, D, 1)
+            self.head = mlp(D, D, 1)
+        else:  # late: one predictor per modality, no joint layer
+            self.heads = nn.ModuleDict({m: mlp(D, D, 1) for m in modalities})
 
     def forward(self, x: Inputs, present: Tensor, zeroed: tuple[Tensor, Tensor, Tensor]) -> Output:
         """``present`` (B, 3) bool and ``zeroed`` per modality (B, T_m) bool come from a ``missing.View``."""
-        return self.factorize(self.encode(x, present, zeroed))
+        return self.factorize(self.encode(x, present, zeroed), present)
 
     def encode(self, x: Inputs, present: Tensor, zeroed: tuple[Tensor, Tensor, Tensor]) -> Tensor:
         """H (B, M, D): each modality encoded on its own, so H_m depends only on modality m's input."""
@@ -160,11 +193,21 @@ class FSRF(nn.Module):
         of a ``missing.View`` (the test protocol re-encodes only the modalities a condition changes)."""
         if m == "l":
             return self.encoders[m](x.text, x.text_valid, zeroed, present)
-        return self.encoders[m](getattr(x, _SEQ[m]), getattr(x, _SEQ[m] + "_valid"), zeroed)
+        return self.encoders[m](getattr(x, _SEQ[m]), getattr(x, _SEQ[m] + "_valid"), zeroed, present)
 
-    def factorize(self, h: Tensor) -> Output:
-        """DHF, fusion and head on H (B, M, D)."""
+    def factorize(self, h: Tensor, present: Tensor) -> Output:
+        """DHF, fusion and head on H (B, M, D); ``present`` (B, 3) bool in (l, a, v) order, as ``forward``
+        takes it. Only late fusion reads it (the mean over the present modalities' scores): elsewhere an
+        absent modality enters as its fixed H_m, as in training."""
         ho = he = noise = None
+        if not self.cfg.dhf and self.cfg.fusion == "late":
+            scores = torch.cat([self.heads[m](h[:, k]) for k, m in enumerate(self.modalities)], 1)  # (B, M)
+            w = present[:, self.index].to(scores.dtype)  # (B, M), 1 where present
+            n = w.sum(1, keepdim=True).clamp(min=1)  # (B, 1); a view always keeps one modality
+            # No joint representation exists: Z is the mean of the present H_m, for analysis only.
+            z = (h * w[..., None].to(h.dtype)).sum(1) / n.to(h.dtype)  # (B, D)
+            return Output(score=(scores * w).sum(1) / n.squeeze(1), z=z, h=h, ho=None, he=None, noise=None,
+                          scores=scores)
         if self.cfg.dhf:
             ho = self.shared(h)  # (B, M, D)
             he = torch.stack([self.specific[m](torch.cat([h[:, k], ho[:, k]], -1))

@@ -402,7 +402,7 @@ def _scores(model: FSRF, data: SplitTensors, conditions: Sequence[Condition], *,
                 i = MODALITIES.index(m)
                 h.append(reused(how[k])[idx, k] if how[k] is not None else
                          model.encode_modality(x, m, part.present[:, i], part.zeroed(i, valid[i][idx])))
-            scores.append(model.factorize(torch.stack(h, 1)).score)  # (b, M, D) -> (b,)
+            scores.append(model.factorize(torch.stack(h, 1), part.present).score)  # (b, M, D) -> (b,)
         out[cond] = torch.cat(scores)
     return out
 

@@ -41,10 +41,20 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("no_dhf", "w/o DHF", "w/o DHF (no homo/heterogeneous factorisation)", {"model.dhf": False}),
     Variant("no_das", "w/o DAS", "w/o DAS (no self-distillation between the two MRM views)", {"model.das": False}),
     Variant("no_noise", "w/o noise", "w/o noise (no noise representation R_n)", {"model.noise": False}),
+    # Both fusion baselines train on complete data (no MRM), as MultiBench's complete-data baseline does.
+    # For late fusion that is sound under every test condition: each predictor learns from its own
+    # modality only, so a missing one just leaves the mean. Early fusion meets, at test, an absent
+    # modality's fixed H_m it never saw in training: how a model built for complete data fares.
     Variant("late_fusion", "Late fusion",
-            "Late fusion (trained on complete data only, without MRM: the complete-modality baseline)",
-            {"model.dhf": False, "model.das": False, "missing.schedule": "constant", "missing.p0": 0.0,
-             "missing.p1": 0.0}, baseline=True),
+            "Late fusion (one predictor per modality, the mean of the present modalities' scores; trained on "
+            "complete data only, without MRM: MultiBench's complete-data baseline)",
+            {"model.dhf": False, "model.das": False, "model.fusion": "late", "missing.schedule": "constant",
+             "missing.p0": 0.0, "missing.p1": 0.0}, baseline=True),
+    Variant("early_fusion", "Early fusion",
+            "Early fusion (the modality features concatenated and projected, one predictor; trained on "
+            "complete data only, without MRM)",
+            {"model.dhf": False, "model.das": False, "model.fusion": "early", "missing.schedule": "constant",
+             "missing.p0": 0.0, "missing.p1": 0.0}, baseline=True),
     Variant("ridge", "Ridge (frozen states)",
             "Ridge (ridge regression on the frozen encoder's mean-pooled word states: the simplest baseline)",
             {"encoder.finetune": False}, baseline=True, default=False, closed_form=True,
@@ -105,12 +115,19 @@ def ordered(names: Iterable[str]) -> list[str]:
 def of_config(flat: Mapping[str, Any]) -> str:
     """The name of the variant a (flattened) config is: the trained variant whose overrides it meets and
     that switches off exactly the same parts (``model.dhf``/``das``/``noise``), else a name built from its
-    switched-off parts (``no_dhf_das``), ``fsrf`` when none is off."""
+    switched-off parts (``no_dhf_das``), ``fsrf`` when none is off; a late fusion that is no variant is
+    ``late`` plus its switched-off parts other than DHF, which late fusion never has (``late_no_das``)."""
+    flat = {"model.fusion": "early", **flat}  # runs from before model.fusion existed fused early
     off = [part for part in _SWITCHES if flat.get(f"model.{part}") is False]
+    fusion = flat["model.fusion"]
     for v in sorted(VARIANTS, key=lambda v: -len(v.overrides)):
         v_off = [part for part in _SWITCHES if v.overrides.get(f"model.{part}") is False]
-        if not v.closed_form and v_off == off and all(flat.get(k) == x for k, x in v.overrides.items()):
+        if (not v.closed_form and v_off == off and v.overrides.get("model.fusion", "early") == fusion
+                and all(flat.get(k) == x for k, x in v.overrides.items())):
             return v.name
+    if fusion == "late":
+        rest = [part for part in off if part != "dhf"]
+        return "_".join(["late", "no", *rest]) if rest else "late"
     return "no_" + "_".join(off)
 
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import replace
 
 import pytest
@@ -247,8 +248,6 @@ def test_live_encoder_absent_text_is_zero_and_ignores_ids(tiny_bert):
 
 
 def test_live_encoder_gets_gradients(tiny_bert):
-    import copy
-
     bert = copy.deepcopy(tiny_bert).train()
     model = make_model(bert=bert, unk_id=UNK).train()
     out, _ = run(model, make_inputs(text_ids=True, vocab=1200), intra(0.3))
@@ -257,3 +256,231 @@ def test_live_encoder_gets_gradients(tiny_bert):
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
     assert bert.embeddings.word_embeddings.weight.grad.abs().sum() > 0
     assert bert.encoder.layer[-1].output.dense.weight.grad.abs().sum() > 0
+
+
+# ------------------------------------------------------------------------------------------------
+# An absent modality carries no information (SPEC section 7)
+
+
+def _redraw(x: Inputs, m: str, lengths, *, seed: int = 5, text_ids: bool = False) -> Inputs:
+    """A copy of ``x`` whose modality ``m`` has other stored values, other valid lengths and another
+    padded width (its valid mask is rebuilt from ``lengths``)."""
+    g = torch.Generator().manual_seed(seed)
+    valid = prefix_mask(lengths)  # (B, max(lengths) + 2)
+    if text_ids:
+        feats = torch.randint(1000, 1200, valid.shape, generator=g).masked_fill(~valid, 0)
+    else:
+        feats = 50 * torch.randn(*valid.shape, DIMS[m], generator=g) * valid[..., None]
+    return replace(x, **{FIELD[m]: feats, FIELD[m] + "_valid": valid})
+
+
+def _forward(model: FSRF, x: Inputs, present: torch.Tensor):
+    """The model on ``x`` with modalities ``present`` (B, 3), nothing dropped (``View.zeroed``'s masks)."""
+    from fsrf.missing import View
+
+    valid = x.valid()
+    view = View(present, tuple(torch.zeros_like(v) for v in valid))
+    return model(x, present, tuple(view.zeroed(i, valid[i]) for i in range(3)))
+
+
+# Rows where the modality is absent: all of them (a Table I condition) and some (an MRM view).
+ABSENT_ROWS = {"all": [True] * B, "some": [True, False, True, True, False, True]}
+OTHER_LENGTHS = {"l": [7, 1, 3, 9, 2, 4], "a": [1, 12, 3, 2, 8, 5], "v": [13, 2, 4, 1, 6, 3]}
+
+
+@pytest.mark.parametrize("rows", ABSENT_ROWS)
+@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
+@pytest.mark.parametrize("m", MODALITIES)
+def test_absent_modality_is_one_fixed_vector_whatever_its_values_and_length(m, train, rows):
+    """H_m of an absent row is the same vector for every sample and every input of m (values, valid
+    length, padded width), and so is the score; the present rows' H_m does change (the check can fail)."""
+    k = MODALITIES.index(m)
+    model = make_model(*ABLATIONS["no-dhf"]).train(train)  # dropout 0 (SMALL): train mode is deterministic
+    x = make_inputs()
+    absent = torch.tensor(ABSENT_ROWS[rows])
+    present = torch.ones(B, 3, dtype=torch.bool)
+    present[:, k] = ~absent
+    y = _redraw(x, m, OTHER_LENGTHS[m])
+    base, changed = _forward(model, x, present), _forward(model, y, present)
+    h = base.h[absent, k]  # (n_absent, D)
+    assert torch.equal(h, h[:1].expand_as(h)), "absent rows differ from one another"
+    assert torch.equal(changed.h[absent, k], h), "an absent modality's values or length reach H_m"
+    assert torch.equal(changed.score[absent], base.score[absent])
+    if (~absent).any():
+        assert not torch.allclose(changed.h[~absent, k], base.h[~absent, k], atol=1e-3)
+    # and the vector is that of the all-absent batch (which the evaluation protocol encodes once)
+    none = present.clone()
+    none[:, k] = False
+    assert torch.equal(_forward(model, y, none).h[:, k], h[:1].expand(B, -1))
+
+
+@pytest.mark.parametrize("overrides", [[], ["model.dhf=false"], ["model.dhf=false", "model.fusion=late"]],
+                         ids=["full", "early", "late"])
+def test_every_parameter_is_in_the_graph_when_a_modality_is_absent_from_the_whole_batch(overrides):
+    """DistributedDataParallel (without find_unused_parameters) needs a gradient, possibly zero, for
+    every parameter at every step: an encoder or head whose modality no row has must stay in the graph."""
+    for cond in MISSING:
+        model = make_model(*overrides).train()
+        out, _ = run(model, make_inputs(), cond)
+        out.score.pow(2).mean().backward()
+        missing = [name for name, p in model.named_parameters() if p.grad is None]
+        assert not missing, (cond, missing)
+
+
+def test_live_encoder_absent_text_ignores_its_length(tiny_bert):
+    model = make_model(bert=tiny_bert, unk_id=UNK)
+    x = make_inputs(text_ids=True, vocab=1200)
+    present = torch.tensor([[False, True, True]] * B)
+    base = _forward(model, x, present)
+    changed = _forward(model, _redraw(x, "l", OTHER_LENGTHS["l"], text_ids=True), present)
+    assert torch.equal(changed.h[:, 0], base.h[:, 0]) and torch.equal(changed.score, base.score)
+    torch.testing.assert_close(base.h[:, 0], model.encoders["l"].out.bias.expand(B, D))
+
+
+@pytest.mark.parametrize("fusion", ["early", "late"])
+@pytest.mark.parametrize("m", MODALITIES)
+def test_evaluate_scores_a_condition_without_m_the_same_whatever_m_holds(m, fusion):
+    """Through the evaluation protocol (``_scores`` and ``evaluate``): every Table I condition without m
+    scores identically when m's stored values and lengths change; one with m does not."""
+    from fsrf.protocol import TABLE, _scores, evaluate
+    from fsrf.train import SplitTensors
+
+    model = make_model("model.dhf=false", f"model.fusion={fusion}")
+    x = make_inputs()
+    labels = torch.linspace(-2.5, 2.5, B)
+    data, other = SplitTensors(x, labels), SplitTensors(_redraw(x, m, OTHER_LENGTHS[m]), labels)
+    conditions = conditions_for(MODALITIES, burst=False)
+    kw = dict(modalities=MODALITIES, mask_seed=0, batch_size=4)  # two batches, the second partial
+    base, changed = _scores(model, data, conditions, **kw), _scores(model, other, conditions, **kw)
+    without = [c for c in TABLE if m not in c.present]
+    for cond in TABLE:
+        if cond in without:
+            assert torch.equal(changed[cond], base[cond]), cond
+        else:
+            assert not torch.allclose(changed[cond], base[cond], atol=1e-3), cond
+    metrics = [evaluate(model, d, conditions, prefix="val", **kw) for d in (data, other)]
+    names = [k for k in metrics[0] if k.rsplit("/", 1)[1] in {c.name for c in without}]
+    assert len(names) == 3 * 8 and all(metrics[0][k] == metrics[1][k] for k in names)
+
+
+# ------------------------------------------------------------------------------------------------
+# Late fusion (SPEC section 7): one predictor per modality, the mean of the present ones' scores
+
+
+PRESENT = torch.tensor([[1, 1, 1], [1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 0, 1], [0, 1, 1]], dtype=torch.bool)
+
+
+def test_late_fusion_is_the_mean_of_the_present_modalities_head_scores():
+    model = make_model("model.dhf=false", "model.fusion=late")
+    assert not hasattr(model, "head") and not hasattr(model, "fuse") and set(model.heads) == set(MODALITIES)
+    x = make_inputs()
+    out = _forward(model, x, PRESENT)
+    by_hand = []
+    for i in range(B):
+        own = [model.heads[m](out.h[i, k]).item() for k, m in enumerate(MODALITIES) if PRESENT[i, k]]
+        by_hand.append(sum(own) / len(own))
+    torch.testing.assert_close(out.score, torch.tensor(by_hand), rtol=0, atol=1e-6)
+    torch.testing.assert_close(out.scores, torch.stack([model.heads[m](out.h[:, k]).squeeze(-1)
+                                                        for k, m in enumerate(MODALITIES)], 1), rtol=0, atol=0)
+    # an absent modality's head is ignored: moving it moves only the rows where its modality is present
+    for k, m in enumerate(MODALITIES):
+        other = copy.deepcopy(model)
+        with torch.no_grad():
+            other.heads[m][-1].bias += 10.0
+        moved = _forward(other, x, PRESENT)
+        assert torch.equal(moved.score[~PRESENT[:, k]], out.score[~PRESENT[:, k]]), m
+        shift = 10.0 / PRESENT[PRESENT[:, k]].sum(1)  # 10 / (number of present modalities)
+        torch.testing.assert_close(moved.score[PRESENT[:, k]] - out.score[PRESENT[:, k]], shift, rtol=0, atol=1e-5)
+
+
+def test_late_fusion_one_modality_condition_is_that_modality_head_alone():
+    """Under Table I's ``a``, late fusion's score is the audio predictor's score on complete audio."""
+    from fsrf.protocol import _scores
+    from fsrf.train import SplitTensors
+
+    model = make_model("model.dhf=false", "model.fusion=late")
+    x = make_inputs()
+    scores = _scores(model, SplitTensors(x, torch.zeros(B)), list(MISSING), modalities=MODALITIES, mask_seed=0,
+                     batch_size=4)
+    complete = _forward(model, x, torch.ones(B, 3, dtype=torch.bool)).scores  # (B, 3)
+    for k, m in enumerate(MODALITIES):
+        torch.testing.assert_close(scores[table(m)], complete[:, k], rtol=0, atol=1e-6)
+    torch.testing.assert_close(scores[table("av")], complete[:, 1:].mean(1), rtol=0, atol=1e-6)
+
+
+def test_config_refuses_late_fusion_with_dhf():
+    from fsrf.errors import InputError
+
+    with pytest.raises(InputError, match="model.fusion = 'late' needs model.dhf = false"):
+        load_config(None, ["model.fusion=late"])
+    assert load_config(None, ["model.fusion=late", "model.dhf=false"]).model.fusion == "late"
+
+
+def test_late_fusion_task_loss_is_each_predictor_own_mse():
+    """Late fusion trains each predictor on its own MSE (``train.late_fusion_task_loss``), by hand; and
+    ``train_losses`` uses it for both views (at rate 0 both views are complete)."""
+    from fsrf.train import late_fusion_task_loss, train_losses
+
+    scores = torch.tensor([[1.0, 2.0, 0.0], [0.0, -1.0, 3.0], [2.0, 2.0, 2.0], [1.0, 0.0, -2.0]])
+    y = torch.tensor([1.0, 0.0, 1.0, -1.0])
+    present = torch.tensor([[1, 1, 0], [1, 0, 0], [0, 1, 0], [1, 1, 0]], dtype=torch.bool)  # v nowhere
+    l_mse = (0 + 0 + 4) / 3  # rows 0, 1, 3
+    a_mse = (1 + 1 + 1) / 3  # rows 0, 2, 3
+    assert late_fusion_task_loss(scores, y, present=present).item() == pytest.approx((l_mse + a_mse) / 2)
+    cfg = load_config(None, SMALL + ["model.dhf=false", "model.das=false", "model.fusion=late"])
+    model = make_model("model.dhf=false", "model.das=false", "model.fusion=late")
+    x, y = make_inputs(), torch.linspace(-2, 2, B)
+    terms = train_losses(cfg, model, x, y, rate=0.0, generator=torch.Generator().manual_seed(0))
+    own = _forward(model, x, torch.ones(B, 3, dtype=torch.bool)).scores
+    by_hand = ((own - y[:, None]) ** 2).mean(0).mean()  # the mean over l, a, v of each one's MSE
+    torch.testing.assert_close(terms["task_p"], by_hand, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(terms["task_q"], by_hand, rtol=1e-6, atol=1e-6)
+    terms["total"].backward()
+    for m in MODALITIES:  # each predictor and each encoder learns
+        assert model.heads[m][0].weight.grad.abs().sum() > 0 and model.encoders[m].out.weight.grad.abs().sum() > 0
+
+
+# As tests/conftest.py's TINY_RUN: the real config shrunk, one epoch of three batches on one thread.
+TINY_RUN = ("data.size_scale=0.05", "model.width=16", "model.seq_width=8", "train.epochs=1", "train.max_batches=3",
+            "train.threads=1")
+
+
+@pytest.fixture(scope="module")
+def tiny_prep():
+    from fsrf.train import prepare
+
+    return prepare(load_config(None, list(TINY_RUN)))
+
+
+def fit_variant(name: str, prep):
+    """One tiny run of the variant ``name``: its overrides on the shrunk real config, as a study applies them."""
+    from fsrf import variants
+    from fsrf.config import apply_overrides, build_config
+    from fsrf.train import fit
+
+    cfg = build_config(apply_overrides(load_config(None, list(TINY_RUN)).model_dump(),
+                                       dict(variants.get(name).overrides)))
+    return cfg, fit(cfg, prep=prep, log=lambda _: None)
+
+
+@pytest.fixture(scope="module")
+def tiny_fsrf(tiny_prep):
+    return fit_variant("fsrf", tiny_prep)[1]
+
+
+@pytest.mark.parametrize("name", ["late_fusion", "early_fusion"])
+def test_fusion_baselines_fit_and_log_fsrf_metric_names(tiny_prep, tiny_fsrf, name):
+    from fsrf import variants
+
+    full = tiny_fsrf
+    cfg, result = fit_variant(name, tiny_prep)
+    assert cfg.model.fusion == name.split("_")[0] and not cfg.model.dhf and not cfg.model.das
+    assert variants.is_baseline(name) and name in variants.DEFAULT
+    assert set(result.val) == set(full.val) and set(result.test) == set(full.test)
+    train = {k for k in result.history[0] if k.startswith("train/")}
+    assert train == {"train/total", "train/task_p", "train/task_q", "train/missing_rate"}
+    assert train < {k for k in full.history[0] if k.startswith("train/")}
+    assert result.history[0]["train/missing_rate"] == 0.0
+    assert all(torch.isfinite(torch.tensor(v)) for v in result.test.values())
+    # the two baselines are different models: late fusion's one-modality scores are its own heads'
+    assert isinstance(result.model.heads if name == "late_fusion" else result.model.fuse, torch.nn.Module)
