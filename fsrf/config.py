@@ -76,6 +76,9 @@ class ModelConfig(_Section):
             raise ValueError(f"model.seq_width ({self.seq_width}) must be divisible by model.seq_heads ({self.seq_heads})")
         if self.fusion == "late" and self.dhf:
             raise ValueError("model.fusion = 'late' needs model.dhf = false (FSRF fuses by Z = sum R_ho + sum R_he - sum R_n)")
+        if self.fusion == "late" and self.das:
+            raise ValueError("model.fusion = 'late' needs model.das = false (late fusion has no joint representation "
+                             "Z for the two views to align)")
         return self
 
 
@@ -122,6 +125,11 @@ class MissingConfig(_Section):
     # Modality m's frames are dropped with probability rate * scale_m instead of rate (presence is not
     # scaled); all 1.0 is the plain MRM. rate * scale_m must stay in [0, 1] at the schedule's largest rate.
     modality_scale: ModalityScale = ModalityScale()
+    # How MRM drops words with the frozen encoder (SPEC 7): "unk" (default) reads one of `unk_patterns`
+    # drop patterns per training sample, encoded once with the dropped ids as [UNK] (seeded by `seed`);
+    # "zeroed" zeroes the dropped tokens' cached states (SPEC 2). A live encoder always reads [UNK].
+    word_drop: Literal["unk", "zeroed"] = "unk"
+    unk_patterns: int = Field(4, ge=1, le=64)
 
     @model_validator(mode="after")
     def _scaled_rates_are_rates(self) -> "MissingConfig":
@@ -161,13 +169,27 @@ class EvalConfig(_Section):
     # Mechanism health (SPEC 7) per epoch on validation (health/*); the gradient shares of the loss terms
     # are sampled every `health_every` training steps (0: no health metrics).
     health_every: int = Field(20, ge=0)
-    # Text-only data: also evaluate the word-drop curve the field's way, each dropped token's id
-    # replaced by [UNK] before a live encoder (conditions unk_0.1 .. unk_1.0), beside zeroed states.
-    unk_curve: bool = False
+    # Every word-drop condition drops words before the encoder ([UNK], SPEC 7). True: also the intra curve
+    # with the dropped words' cached states zeroed instead (SPEC 2; zeroed_0.1 .. zeroed_1.0, zeroed_avg),
+    # on the same masks; frozen encoder only. The former `unk_curve` (which added [UNK] beside zeroed
+    # intra points) is read as this field: both asked for the two ways to lose a word.
+    zeroed_curve: bool = False
     # Test protocol, two or more modalities: one condition per (l, a, v) triple, each modality dropped
     # at its own rate (rates_l0.9_a0.3_v0.3, ...); rates in 0, 0.1, .., 1.0 (they reuse the masks of the
     # per-modality curves). Default: each modality in turn mostly lost, the other two lightly damaged.
     modality_rates: tuple[tuple[float, float, float], ...] = ((0.9, 0.3, 0.3), (0.3, 0.9, 0.3), (0.3, 0.3, 0.9))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unk_curve_is_zeroed_curve(cls, raw: Any) -> Any:
+        if isinstance(raw, dict) and "unk_curve" in raw:
+            raw = dict(raw)
+            old = raw.pop("unk_curve")
+            if "zeroed_curve" in raw and raw["zeroed_curve"] != old:
+                raise ValueError(f"eval.unk_curve ({old}) is the former name of eval.zeroed_curve "
+                                 f"({raw['zeroed_curve']}): give one")
+            raw["zeroed_curve"] = old
+        return raw
 
     @field_validator("modality_rates")
     @classmethod
@@ -201,6 +223,18 @@ class RunConfig(_Section):
     missing: MissingConfig = MissingConfig()
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
+
+    @model_validator(mode="after")
+    def _zeroed_needs_cached_states(self) -> "RunConfig":
+        # A live encoder reads token ids: a dropped word is [UNK] there, it has no state to zero.
+        if self.encoder.finetune:
+            if self.eval.zeroed_curve:
+                raise ValueError("eval.zeroed_curve needs encoder.finetune = false (the zeroed curve zeroes "
+                                 "cached states; a live encoder reads a dropped word as [UNK])")
+            if self.missing.word_drop == "zeroed":
+                raise ValueError("missing.word_drop = 'zeroed' needs encoder.finetune = false (a live encoder "
+                                 "reads a dropped word as [UNK])")
+        return self
 
 
 def _first_error(err: ValidationError) -> str:

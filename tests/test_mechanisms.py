@@ -48,12 +48,13 @@ def test_the_forms_a_run_uses_are_its_params():
 
 @pytest.mark.parametrize("bad, field", [("loss.noise_entropy_form=gaussian", "loss.noise_entropy_form"),
                                         ("loss.das_feature=cost", "loss.das_feature"),
-                                        ("model.fusion=late", "model.fusion")])
+                                        ("model.fusion=late", "model.fusion"),
+                                        ("model.fusion=late,model.dhf=false", "model.das")])
 def test_bad_forms_are_refused_by_name(bad, field):
     from fsrf.errors import InputError
 
     with pytest.raises((InputError, ValueError), match=field.split(".")[-1]):
-        load_config(None, [bad])
+        load_config(None, bad.split(","))
 
 
 def test_eps_is_relative_to_the_batch_median_cost(small):
