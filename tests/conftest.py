@@ -1,4 +1,7 @@
-"""Shared fixtures: a text-state cache that never touches ~/.cache, one torch thread, a tiny random BERT.
+"""Shared fixtures and helpers: a text-state cache that never touches ~/.cache, one torch thread, a tiny
+random BERT; the repository root (``ROOT``), the real config shrunk (``TINY``, ``TINY_RUN``) and the
+environment of a command line run in a subprocess (``subprocess_env``). Test modules import the helpers
+with ``from conftest import ...``.
 
 Run the suite with ``FSRF_CACHE`` set (CI sets ``$PWD/.cache/fsrf``) to reuse cached MiniLM states
 between sessions; without it every session caches into a fresh temporary folder.
@@ -14,12 +17,29 @@ from pathlib import Path
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[1]  # the checkout: what subprocesses put on PYTHONPATH
+# The real config shrunk (STYLE: shrink the real config, don't invent a fake one): 5 % of the synthetic
+# data and a narrow model. Studies add their own epochs; TINY_RUN is one run of seconds: one epoch of
+# three batches on one thread. Tuples: callers build their lists with [*TINY, ...].
+TINY = ("data.size_scale=0.05", "model.width=16", "model.seq_width=8")
+TINY_RUN = (*TINY, "train.epochs=1", "train.max_batches=3", "train.threads=1")
 # The models of these tests are tiny: a second intra-op thread buys nothing, and on a busy 2-core
 # machine OpenMP's spin-waiting makes a small Transformer layer 10-50x slower than with one thread.
 torch.set_num_threads(1)
 
 TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """The environment of an entry point run as a user would, in a fresh interpreter: this checkout on
+    the path, offline, one OpenMP thread, no Ray or MLflow of the calling shell to attach to (a test
+    must never write into a real tracking store or cluster), then ``extra``. The session's text cache
+    ($FSRF_CACHE, set by ``fsrf_cache``) is inherited."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
+    env.update(PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1",
+               RAY_USAGE_STATS_ENABLED="0")
+    env.update(extra)
+    return env
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -36,8 +56,7 @@ def run_cli(fsrf_cache):
     path, the session's cache, offline. Returns the ``CompletedProcess`` (text stdout/stderr)."""
     import subprocess
 
-    env = dict(os.environ, PYTHONPATH=str(ROOT), FSRF_CACHE=str(fsrf_cache), OMP_NUM_THREADS="1",
-               HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    env = subprocess_env(FSRF_CACHE=str(fsrf_cache))
 
     def run(script: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, str(ROOT / "studies" / script), *args], cwd=ROOT, env=env,

@@ -37,6 +37,23 @@ def test_sentiment_metrics_hand_case():
     assert all(isinstance(v, float) for v in m.values())
 
 
+def test_f1_is_weighted_by_support_on_imbalanced_classes():
+    """The hand case above has two samples per Non0 class, where weighted and macro F1 agree. Here the
+    classes are 2 against 5 (Non0) and 2 against 6 (Has0), and precision differs from recall, so weighted
+    F1, macro F1 and accuracy all differ."""
+    labels = np.array([-1.0, -2.0, 1.0, 2.0, 3.0, 0.5, 1.5, 0.0])
+    preds = np.array([-1.0, -1.0, -1.0, 2.0, 1.0, 1.0, 1.0, 5.0])
+    m = sentiment_metrics(preds, labels)
+    # Non0 (index 7 left out): truth > 0 is [F F T T T T T], preds > 0 is [F F F T T T T]: 6 of 7 right.
+    # class F (support 2): P = 2/3, R = 1, F1 = 4/5; class T (support 5): P = 1, R = 4/5, F1 = 8/9
+    assert m["Non0_acc_2"] == pytest.approx(6 / 7)
+    assert m["Non0_F1_score"] == pytest.approx((2 * 4 / 5 + 5 * 8 / 9) / 7)  # 0.8635; macro would be 0.8444
+    # Has0: truth >= 0 is [F F T T T T T T], preds >= 0 is [F F F T T T T T]: 7 of 8 right.
+    # class F (support 2): P = 2/3, R = 1, F1 = 4/5; class T (support 6): P = 1, R = 5/6, F1 = 10/11
+    assert m["Has0_acc_2"] == pytest.approx(7 / 8)
+    assert m["Has0_F1_score"] == pytest.approx((2 * 4 / 5 + 6 * 10 / 11) / 8)  # 0.8818; macro would be 0.8545
+
+
 def test_zero_predictions_follow_mmsa_thresholds():
     # Has0 counts a prediction of 0 as non-negative; Non0 counts it as negative (pred > 0 is positive).
     m = sentiment_metrics(np.array([0.0, 0.0, -1.0]), np.array([1.0, 1.0, -1.0]))
