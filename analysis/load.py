@@ -4,9 +4,10 @@ The robustness study (``studies/robustness.py``) leaves one MLflow parent run (t
 ``fsrf.role=robustness``) with a FINISHED child run per variant x seed (tag ``fsrf.role=robustness-run``)
 and the same numbers in ``runs.parquet``. Both readers return the *wide* table
 
-    run_id | variant | seed | overlap | test/<metric>/<condition> ...
+    run_id | variant | seed | overlap | test/<metric>/<condition> ... | health/<name> ...
 
-one row per child run, ``overlap`` null where the views were drawn independently (``missing.overlap``
+one row per child run (``health/...`` columns, the mechanism health of each run's selected epoch, only
+when the runs carry them: ``health_columns``), ``overlap`` null where the views were drawn independently (``missing.overlap``
 = "None"), rows ordered by variant (the order of ``fsrf.variants.VARIANTS``: FSRF first, the baselines
 last) then seed. Everything
 downstream takes this table. Missing or empty input raises ``fsrf.errors.InputError`` naming the run
@@ -38,6 +39,12 @@ def metric_columns(df: pl.DataFrame, split: str = "test") -> list[str]:
     return [c for c in df.columns if c.startswith(f"{split}/") and c.count("/") == 2]
 
 
+def health_columns(df: pl.DataFrame) -> list[str]:
+    """``health/<name>``, ``health/<name>/<m>`` and ``health/grad_share/<term>`` (SPEC section 7): optional,
+    absent from studies run before the final report carried the selected epoch's health."""
+    return [c for c in df.columns if c.startswith("health/")]
+
+
 def _finish(df: pl.DataFrame, where: str) -> pl.DataFrame:
     """Key columns typed and first, rows in the report's order; refuse a table with nothing to analyse."""
     missing = [k for k in KEYS if k not in df.columns]
@@ -48,11 +55,12 @@ def _finish(df: pl.DataFrame, where: str) -> pl.DataFrame:
     metrics = metric_columns(df)
     if not metrics:
         raise InputError(where, None, "no test/<metric>/<condition> columns")
+    health = health_columns(df)
     df = df.with_columns([pl.col(k).cast(t) for k, t in _KEY_SCHEMA.items()]
-                         + [pl.col(c).cast(pl.Float64) for c in metrics])
+                         + [pl.col(c).cast(pl.Float64) for c in metrics + health])
     ranks = {v: variants.rank(v) for v in df["variant"].drop_nulls().unique().to_list()}
     rank = pl.col("variant").replace_strict(ranks, default=float(len(variants.VARIANTS)), return_dtype=pl.Float64)
-    return (df.select([*KEYS, *sorted(metrics)])
+    return (df.select([*KEYS, *sorted(metrics), *sorted(health)])
             .sort([rank, "variant", "overlap", "seed"], nulls_last=False))
 
 
@@ -131,7 +139,9 @@ def runs_from_mlflow(tracking_uri: str, parent_run_id: str) -> pl.DataFrame:
                "overlap": _overlap(params.get("missing.overlap"))}
         if not row["variant"]:
             raise InputError(f"run {run.info.run_id}", "fsrf.variant", "child run without a variant tag or param")
-        row.update({k: v for k, v in run.data.metrics.items() if k.startswith("test/")})
+        # health/*: logged every epoch and, last, at the selected epoch by the final report (same step,
+        # later): the latest value MLflow keeps is the selected epoch's
+        row.update({k: v for k, v in run.data.metrics.items() if k.startswith(("test/", "health/"))})
         rows.append(row)
     if not rows:
         raise InputError("--robustness-run", None, f"run {parent_run_id} has no FINISHED child runs "

@@ -15,8 +15,11 @@ is logged as the artifact folder ``report/`` of the robustness parent run.
 
 The page's sections are written by ``analysis/sections.py`` (one function each, called in order by
 ``write_report``; a new section is an edit of that file alone). Sections whose input is missing (no
-``--study-dir``, no ``representations.npz``, no overlap sweep, text-only data) are replaced by a
-one-line note. Text-only studies (``data.source=transcripts``) get both
+``--study-dir``, no ``representations.npz``, no overlap sweep, text-only data, no ``health/*`` metrics)
+are replaced by a one-line note. The "Mechanism health" section (``analysis/health.py``) reads each run's
+selected-epoch ``health/*`` metrics (SPEC section 7) and says per variant, by rules written on the page,
+whether each mechanism (R_n, R_ho, R_he, DAS alignment) is working or degenerate and which loss terms
+are inert. Text-only studies (``data.source=transcripts``) get both
 word-drop curves when the runs carry ``unk_*`` (``eval.unk_curve``), the ``ridge`` baseline line, one
 note on what needs two or more modalities, and, when the runs' ``data.name`` is mosi or mosei (read from
 MLflow, so not with ``--runs-parquet`` alone), the paper's Table I ``{l}`` values as labelled references.

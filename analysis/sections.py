@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from analysis import figures, load, probe, robustness, tables, tuning
+from analysis import figures, health, load, probe, robustness, tables, tuning
 from fsrf import variants
 from fsrf.errors import InputError
 from fsrf.protocol import BEST_OBJECTIVE, HEADLINE, all_rates_conditions
@@ -504,6 +504,66 @@ def table2_section(rep: Report, main: pl.DataFrame, metric: str) -> None:
     rep.section("table2", "Table II: ablations", text, html_table)
 
 
+def health_section(rep: Report, main: pl.DataFrame) -> None:
+    """Mechanism health (SPEC section 7) of each run's selected epoch, per variant over seeds, and one verdict
+    per mechanism and variant by the rules of ``analysis.health`` (written on the page next to them)."""
+    title = "Mechanism health"
+    if not health.columns(main):
+        rep.omitted("health", title, "no run carries health/* metrics (runs from before the final report "
+                                     "carried the selected epoch's mechanism health, or trained with "
+                                     "eval.health_every=0)")
+        return
+    summ = health.summary(main)
+    found = health.verdicts(main)
+    rep.csv(summ, "health_summary")
+    rep.csv(health.verdict_frame(found), "health_verdicts")
+    intro = (
+        "<p>Does each FSRF mechanism do what it is for? Every run logs, each epoch on validation (SPEC section 7), "
+        "and carries for its <b>selected epoch</b> (the one whose test metrics the tables report): "
+        "<code>noise_var</code>, the mean per-dimension variance of R_n, and <code>noise_rank</code>, its "
+        "effective rank; <code>ho_agreement</code>, the mean cosine of R_ho between two modalities of the same "
+        "sample minus the same across different samples; <code>he_ho_cos</code>, the mean |cosine| of R_he and "
+        "R_ho of one modality; <code>das_paired_mass</code>, B times the Sinkhorn plan's mass on a sample's own "
+        "other MRM view (1 for a uniform plan, B for a perfect pairing), and <code>das_pair_cost_ratio</code>, "
+        "the mean paired over the mean unpaired cost between the two views' Z; and "
+        "<code>grad_share/&lt;term&gt;</code>, each loss term's share of the gradient norm at the shared layers "
+        "(the modality projections). Cells: mean ± std over seeds (3 significant digits); n runs. A variant "
+        "that has no DAS still shows the pairing its two views' Z get by themselves: a control for the "
+        "DAS variants' numbers.</p>")
+    table = frame_html(health.display(summ, main), table_id="health-table")
+    rules = ("<p><b>Rules</b> (applied to the mean over seeds; in brackets how many single runs the same rule "
+             "calls working):</p><ul>"
+             + "".join(f"<li><b>{esc(r.mechanism)}</b>: {esc(r.text)}.</li>" for r in health.RULES)
+             + f"<li><b>loss terms</b>: {esc(health.INERT_TEXT)}.</li></ul>"
+             "<p>A mechanism the variant switches off, or whose metrics none of its runs has, is "
+             "<b>not applicable</b>.</p>")
+    lines = []
+    inert = health.inert_terms(summ)
+    for variant in variants.ordered(main["variant"].to_list()):
+        said = []
+        for v in (v for v in found if v.variant == variant):
+            seeds = f" [{v.seeds_working} of {v.seeds} runs working]" if v.seeds else ""
+            said.append(f"{esc(v.mechanism)}: <b>{esc(v.verdict)}</b> ({esc(v.why)}){seeds}")
+        if variant in inert:
+            terms = inert[variant]
+            said.append("loss terms: " + ("<b>inert</b> " + ", ".join(f"{esc(t)} (share {health.fmt(x)})"
+                                                                      for t, x in terms)
+                                          if terms else "none inert"))
+        else:
+            said.append("loss terms: not applicable (no grad shares measured)")
+        lines.append(f'<li id="health-{esc(variant)}"><b>{esc(tables.variant_name(variant))}</b>: '
+                     + "; ".join(said) + ".</li>")
+    parts = [intro, table, rules, '<ul id="health-verdicts">' + "".join(lines) + "</ul>"]
+    terms = health.share_terms(main)
+    if terms:
+        parts.append(rep.figure(health.grad_share_figure(summ, terms), "health_grad_shares",
+                                "Each loss term's mean share of the gradient norm at the shared layers, per variant "
+                                "(selected epoch, mean over seeds)"))
+    parts.append("<p>All values: <code>health_summary.csv</code> (every health metric, per modality too) and "
+                 "<code>health_verdicts.csv</code>.</p>")
+    rep.section("health", title, *parts)
+
+
 def overlap_section(rep: Report, runs: pl.DataFrame, metric: str, *, text_only: bool = False) -> None:
     if text_only:
         rep.omitted("overlap", "Paired-mask overlap study", "not applicable to text-only data: the overlap setting "
@@ -773,6 +833,7 @@ def write_report(inputs: Inputs, folder: Path, *, metric: str = HEADLINE, extra_
     if references:
         references_section(rep, facts.get("t1"), metric, dataset, references)
     table2_section(rep, main, metric)
+    health_section(rep, main)
     overlap_section(rep, runs, metric, text_only=text_only)
     probe_section(rep, inputs.representations, method=embedding, text_only=text_only)
     tuning_section(rep, inputs.study)

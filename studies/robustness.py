@@ -214,7 +214,8 @@ def _spec_params(spec: dict) -> dict:
 
 
 def runs_table(results, tracker):
-    """One row per finished run: run_id, variant, seed, overlap and every test metric."""
+    """One row per finished run: run_id, variant, seed, overlap, every test metric and the selected epoch's
+    mechanism health (``health/...``; none for a closed-form variant)."""
     import polars as pl
 
     from studies.worker import FAILED_REASON
@@ -227,7 +228,7 @@ def runs_table(results, tracker):
         row = {"run_id": tracker.runs.get(r.metrics.get("trial_id")), "variant": spec["variant"],
                "seed": spec["seed"], "overlap": spec["overlap"], "best_epoch": r.metrics.get("best_epoch"),
                "cpu_s": r.metrics.get("cost/cpu_s"), "wall_s": r.metrics.get("cost/wall_s")}
-        row.update({k: v for k, v in r.metrics.items() if k.startswith("test/")})
+        row.update({k: v for k, v in r.metrics.items() if k.startswith(("test/", "health/"))})
         rows.append(row)
     schema = {"run_id": pl.String, "variant": pl.String, "seed": pl.Int64, "overlap": pl.Float64}
     return pl.DataFrame(rows, schema_overrides=schema, infer_schema_length=None) if rows else pl.DataFrame(schema=schema)

@@ -285,10 +285,19 @@ def robustness_config(settings: TrialSettings, spec: dict[str, Any]) -> RunConfi
     return build_config(apply_overrides({}, flat), where="robustness run")
 
 
+def selected_health(result) -> dict[str, float]:
+    """The mechanism health (``health/...``, SPEC section 7) of the selected epoch, from ``fit``'s history:
+    what the test metrics' model looked like on validation. Reported last, at the final step, so that
+    MLflow's latest value of each ``health/...`` metric is this one and not the last epoch's."""
+    epoch = next((h for h in result.history if h.get("epoch") == result.best_epoch), {})
+    return {k: v for k, v in epoch.items() if k.startswith("health/")}
+
+
 def robustness_trainable(config: dict[str, Any], settings: TrialSettings) -> None:
     """One run of a robustness study: train a variant with a seed, then the test protocol once.
 
-    The last report carries the test metrics and a checkpoint holding ``metrics.json`` and, for
+    The last report carries the test metrics, the selected epoch's ``health/...`` metrics and a
+    checkpoint holding ``metrics.json`` and, for
     synthetic data with all three modalities, ``representations.npz`` (R_ho, R_he, R_n, Z on the
     complete test split, with the labels and the true latents) for the factorization probe.
     """
@@ -318,8 +327,8 @@ def robustness_trainable(config: dict[str, Any], settings: TrialSettings) -> Non
     except FloatingPointError as err:
         tune.report(failed_result(settings, err))
         return
-    final = {**result.val, **result.test, "epoch": len(result.history), "best_epoch": result.best_epoch + 1,
-             "wall_time_s": result.wall_time_s, **meter.read()}
+    final = {**result.val, **result.test, **selected_health(result), "epoch": len(result.history),
+             "best_epoch": result.best_epoch + 1, "wall_time_s": result.wall_time_s, **meter.read()}
     with tempfile.TemporaryDirectory() as d:
         Path(d, "metrics.json").write_text(json.dumps(result.to_json(cfg), indent=1))
         split = prep.raw.get("test")

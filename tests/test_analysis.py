@@ -63,6 +63,30 @@ SCHEDULE = {"fsrf": {"missing.schedule": "linear", "missing.p0": "0.2", "missing
                             "study.epochs": "10"}}
 
 
+# Known mechanism health of each run's selected epoch (SPEC section 7), per variant x seed (0, 1, 2), as a
+# run logs it: without DHF there is no R_n, R_ho or R_he; the DAS metrics are measured on the two MRM
+# views' Z of any model, DAS on or off. Expected verdicts: FSRF every mechanism working and the js term
+# inert (mean share 0.005); w/o DHF DAS degenerate (mean paired mass 1.87 < 2) and nothing inert; late
+# fusion (DHF and DAS off) not applicable throughout.
+HEALTH = {
+    "fsrf": {"noise_var": (0.8, 0.9, 1.3), "noise_var/l": (0.7, 0.8, 1.2), "noise_rank": (1.0, 1.5, 2.0),
+             "ho_agreement": (0.3, 0.4, 0.8), "he_ho_cos": (0.1, 0.2, 0.6), "das_paired_mass": (5.0, 6.0, 10.0),
+             "das_pair_cost_ratio": (0.5, 0.6, 0.9), "grad_share/task": (0.6, 0.7, 0.8),
+             "grad_share/contrastive": (0.25, 0.2, 0.15), "grad_share/sinkhorn": (0.14, 0.095, 0.05),
+             "grad_share/js": (0.01, 0.005, 0.0)},
+    "no_dhf": {"das_paired_mass": (1.5, 2.0, 2.1), "das_pair_cost_ratio": (0.9, 0.95, 0.99),
+               "grad_share/task": (0.8, 0.85, 0.9), "grad_share/sinkhorn": (0.15, 0.12, 0.09),
+               "grad_share/js": (0.05, 0.03, 0.01)},
+    "late_fusion": {"das_paired_mass": (1.0, 1.1, 1.2), "das_pair_cost_ratio": (1.0, 1.0, 1.1),
+                    "grad_share/task": (1.0, 1.0, 1.0)},
+}
+OVERLAP_HEALTH_SHIFT = 10.0  # the overlap sweep's runs: far off, so a summary that pools them shows it
+
+
+def health_values(variant: str, seed: int, shift: float = 0.0) -> dict[str, float]:
+    return {f"health/{k}": v[seed] + shift for k, v in HEALTH[variant].items()}
+
+
 def run_values(variant: str, seed: int) -> dict[str, float]:
     """Every test/ metric of one run, as the robustness study would log them."""
     off = OFFSET[variant][seed]
@@ -161,7 +185,7 @@ def study(tmp_path_factory):
     rows = []
     for variant in VARIANTS:
         for seed in SEEDS:
-            m = run_values(variant, seed)
+            m = {**run_values(variant, seed), **health_values(variant, seed)}
             rid = log_run(client, exp_id, parent, variant, seed, None, m)
             rows.append({"run_id": rid, "variant": variant, "seed": seed, "overlap": None, **m})
             if variant == "fsrf" and seed == 0:
@@ -171,7 +195,8 @@ def study(tmp_path_factory):
             client.set_terminated(rid, "FINISHED")
     for overlap, values in OVERLAP_AVG_MISSING.items():
         for seed, value in enumerate(values):
-            m = {**run_values("fsrf", seed), f"test/{F1}/avg_missing": value}
+            m = {**run_values("fsrf", seed), f"test/{F1}/avg_missing": value,
+                 **health_values("fsrf", seed, OVERLAP_HEALTH_SHIFT)}
             rid = log_run(client, exp_id, parent, "fsrf", seed, overlap, m)
             rows.append({"run_id": rid, "variant": "fsrf", "seed": seed, "overlap": overlap, **m})
             client.set_terminated(rid, "FINISHED")
@@ -726,3 +751,157 @@ def test_table1_latex_and_markdown_exact_text():
         "FSRF & 3 & \\textbf{81.00 $\\pm$ 1.00} & 86.00 $\\pm$ 1.00 \\\\\n"
         "Late fusion & 3 & 71.00 $\\pm$ 1.00$^{*}$ & \\textbf{88.00 $\\pm$ 2.00} \\\\\n"
         "\\bottomrule\n\\end{tabular}\n\\end{table}\n")
+
+
+# -- mechanism health -------------------------------------------------------------------------------------
+
+def test_health_summary_against_hand_computation(runs):
+    """Mean and sample std over each variant's three seeds, n, for every health column a variant has (the
+    overlap sweep's runs, shifted by 10, left out); none for a metric the variant does not log."""
+    from analysis import health
+
+    summ = health.summary(load.main_runs(runs))
+    got = {(r["variant"], r["metric"]): r for r in summ.iter_rows(named=True)}
+    assert set(got) == {(v, m) for v, values in HEALTH.items() for m in values}
+    for (variant, metric), r in got.items():
+        x = np.array(HEALTH[variant][metric])
+        assert r["n"] == 3
+        assert r["mean"] == pytest.approx(x.mean(), abs=1e-12)
+        assert r["std"] == pytest.approx(np.sqrt(((x - x.mean()) ** 2).sum() / 2), abs=1e-12)
+    assert got[("fsrf", "noise_var")]["mean"] == pytest.approx(1.0)  # (0.8 + 0.9 + 1.3) / 3
+    assert got[("fsrf", "noise_var")]["std"] == pytest.approx(math.sqrt(0.07))  # (0.04 + 0.01 + 0.09) / 2
+    shown = health.display(summ, load.main_runs(runs))
+    assert shown.columns == ["variant", "n", *health.TABLE_METRICS, "grad_share/task", "grad_share/contrastive",
+                             "grad_share/js", "grad_share/sinkhorn"]  # task first, then by name
+    fsrf, no_dhf = shown.row(0, named=True), shown.row(1, named=True)
+    assert fsrf["variant"] == "FSRF" and fsrf["n"] == 3
+    assert fsrf["noise_var"] == "1.00 ± 0.265" and fsrf["das_paired_mass"] == "7.00 ± 2.65"  # sqrt(7) = 2.6458
+    assert fsrf["grad_share/js"] == "0.00500 ± 0.00500"
+    assert no_dhf["variant"] == "w/o DHF" and no_dhf["noise_var"] == "" and no_dhf["das_paired_mass"] == "1.87 ± 0.321"
+
+
+def test_health_verdicts_of_the_fixture(runs):
+    from analysis import health
+
+    main = load.main_runs(runs)
+    found = {(v.variant, v.mechanism): v for v in health.verdicts(main)}
+    assert [found[("fsrf", r.mechanism)].verdict for r in health.RULES] == ["working"] * 4
+    das = found[("fsrf", "DAS alignment")]
+    assert das.why == "mean das_paired_mass 7.00, mean das_pair_cost_ratio 0.667" and (das.seeds_working, das.seeds) == (3, 3)
+    for mechanism in ("noise branch (R_n)", "shared space (R_ho)", "specific vs shared (R_he)"):
+        v = found[("no_dhf", mechanism)]
+        assert v.verdict == "not applicable" and "model.dhf=False" in v.why and v.seeds is None
+    # w/o DHF: paired mass (1.5, 2.0, 2.1), mean 1.867 < 2: degenerate, though two single runs pass
+    assert found[("no_dhf", "DAS alignment")].verdict == "degenerate"
+    assert (found[("no_dhf", "DAS alignment")].seeds_working, found[("no_dhf", "DAS alignment")].seeds) == (2, 3)
+    assert {v.verdict for (variant, _), v in found.items() if variant == "late_fusion"} == {"not applicable"}
+    assert found[("late_fusion", "DAS alignment")].why == "switched off by the variant: model.das=False"
+    inert = health.inert_terms(health.summary(main))
+    assert inert["fsrf"] == [("js", pytest.approx(0.005))] and inert["no_dhf"] == [] and inert["late_fusion"] == []
+
+
+def health_runs(variant: str = "fsrf", **columns) -> pl.DataFrame:
+    """A wide table of one run per value: ``columns`` are health metric names -> lists of values."""
+    n = len(next(iter(columns.values())))
+    return pl.DataFrame({"run_id": [f"r{i}" for i in range(n)], "variant": [variant] * n, "seed": list(range(n)),
+                         "overlap": [None] * n, f"test/{F1}/lav": [0.8] * n,
+                         **{f"health/{k}": v for k, v in columns.items()}},
+                        schema_overrides={"overlap": pl.Float64})
+
+
+def verdict_of(mechanism: str, runs: pl.DataFrame):
+    from analysis import health
+
+    return next(v for v in health.verdicts(runs) if v.mechanism == mechanism)
+
+
+# Each rule at its threshold and just either side of it (one run: the mean is the value itself).
+THRESHOLD_CASES = [
+    ("noise branch (R_n)", {"noise_var": [1e-3]}, "working"),  # degenerate only *below* 1e-3
+    ("noise branch (R_n)", {"noise_var": [0.99e-3]}, "degenerate"),
+    ("noise branch (R_n)", {"noise_var": [1.01e-3]}, "working"),
+    ("noise branch (R_n)", {"noise_var": [5e-9]}, "degenerate"),  # the literal eq (3)'s collapse
+    ("shared space (R_ho)", {"ho_agreement": [0.05]}, "degenerate"),  # working only *above* 0.05
+    ("shared space (R_ho)", {"ho_agreement": [0.0501]}, "working"),
+    ("shared space (R_ho)", {"ho_agreement": [0.0499]}, "degenerate"),
+    ("specific vs shared (R_he)", {"he_ho_cos": [0.9]}, "working"),  # degenerate only *above* 0.9
+    ("specific vs shared (R_he)", {"he_ho_cos": [0.9001]}, "degenerate"),
+    ("specific vs shared (R_he)", {"he_ho_cos": [0.8999]}, "working"),
+    ("DAS alignment", {"das_paired_mass": [2.0], "das_pair_cost_ratio": [0.999]}, "working"),
+    ("DAS alignment", {"das_paired_mass": [1.999], "das_pair_cost_ratio": [0.999]}, "degenerate"),
+    ("DAS alignment", {"das_paired_mass": [2.001], "das_pair_cost_ratio": [0.5]}, "working"),
+    ("DAS alignment", {"das_paired_mass": [2.0], "das_pair_cost_ratio": [1.0]}, "degenerate"),  # needs < 1
+    ("DAS alignment", {"das_paired_mass": [30.0], "das_pair_cost_ratio": [1.001]}, "degenerate"),
+]
+
+
+@pytest.mark.parametrize("mechanism,columns,expected", THRESHOLD_CASES)
+def test_health_rule_at_its_threshold(mechanism, columns, expected):
+    v = verdict_of(mechanism, health_runs(**columns))
+    assert v.verdict == expected and (v.seeds_working, v.seeds) == (int(expected == "working"), 1)
+
+
+def test_health_verdict_is_on_the_mean_over_seeds():
+    """R_ho over three seeds (0.0, 0.06, 0.12): mean 0.06 > 0.05 working, though one seed alone is not;
+    R_n (2e-3, 1e-4, 1e-4): mean 7.3e-4 < 1e-3 degenerate, though one seed alone is working."""
+    v = verdict_of("shared space (R_ho)", health_runs(ho_agreement=[0.0, 0.06, 0.12]))
+    assert v.verdict == "working" and (v.seeds_working, v.seeds) == (2, 3) and v.why == "mean ho_agreement 0.0600"
+    v = verdict_of("noise branch (R_n)", health_runs(noise_var=[2e-3, 1e-4, 1e-4]))
+    assert v.verdict == "degenerate" and (v.seeds_working, v.seeds) == (1, 3)
+
+
+def test_health_not_applicable_without_the_part():
+    """w/o noise switches R_n off: not applicable, whatever it logged; a variant that should have a metric
+    but whose runs lack it: not applicable, not measured (and NaN counts as absent)."""
+    runs = health_runs("no_noise", noise_var=[1e-9, 1e-9], ho_agreement=[0.5, 0.5])
+    v = verdict_of("noise branch (R_n)", runs)
+    assert v.verdict == "not applicable" and v.why == "switched off by the variant: model.noise=False"
+    assert verdict_of("shared space (R_ho)", runs).verdict == "working"
+    v = verdict_of("noise branch (R_n)", health_runs("fsrf", ho_agreement=[0.5, 0.5]))
+    assert v.verdict == "not applicable" and v.why == "not measured (noise_var absent from its runs)"
+    v = verdict_of("DAS alignment", health_runs("fsrf", das_paired_mass=[3.0, 3.0], das_pair_cost_ratio=[math.nan] * 2))
+    assert v.verdict == "not applicable" and "das_pair_cost_ratio absent" in v.why
+
+
+def test_health_inert_term_threshold():
+    from analysis import health
+
+    runs = health_runs(**{"grad_share/task": [0.98, 0.98], "grad_share/js": [0.0099, 0.0099],
+                          "grad_share/sinkhorn": [0.01, 0.01]})
+    assert health.inert_terms(health.summary(runs)) == {"fsrf": [("js", pytest.approx(0.0099))]}
+
+
+def test_runs_table_carries_the_selected_epochs_health_to_parquet(tmp_path):
+    """The worker's final report takes health/* from the selected epoch's history entry (not the last
+    epoch's); runs_table keeps them; runs.parquet read back by analysis has them beside the test metrics."""
+    from types import SimpleNamespace
+
+    from studies.robustness import runs_table
+    from studies.worker import selected_health
+
+    history = [{"epoch": e, "train/total": 1.0, "health/noise_var": 0.1 * (e + 1), "health/grad_share/task": 0.5}
+               for e in range(3)]
+    assert selected_health(SimpleNamespace(history=history, best_epoch=1)) == {
+        "health/noise_var": pytest.approx(0.2), "health/grad_share/task": 0.5}
+    assert selected_health(SimpleNamespace(history=history[:0], best_epoch=0)) == {}
+    final = {f"test/{F1}/lav": 0.8, **selected_health(SimpleNamespace(history=history, best_epoch=1)),
+             "trial_id": "t1", "best_epoch": 2}
+    results = [SimpleNamespace(error=None, metrics=final, config={"spec": {"variant": "fsrf", "seed": 0, "overlap": None}}),
+               SimpleNamespace(error=None, metrics={f"test/{F1}/lav": 0.7, "trial_id": "t2", "best_epoch": 1},
+                               config={"spec": {"variant": "ridge", "seed": 0, "overlap": None}})]
+    table = runs_table(results, SimpleNamespace(runs={"t1": "run-a", "t2": "run-b"}))
+    table.write_parquet(tmp_path / "runs.parquet")
+    back = load.runs_from_parquet(tmp_path / "runs.parquet")
+    assert load.health_columns(back) == ["health/grad_share/task", "health/noise_var"]
+    assert back.filter(pl.col("variant") == "fsrf")["health/noise_var"][0] == pytest.approx(0.2)
+    assert back.filter(pl.col("variant") == "ridge")["health/noise_var"][0] is None
+
+
+def test_old_stores_without_health_still_load(study, tmp_path):
+    from analysis import health
+
+    old = load.runs_from_parquet(study["parquet"]).select(pl.exclude("^health/.*$"))
+    old.write_parquet(tmp_path / "runs.parquet")
+    back = load.runs_from_parquet(tmp_path / "runs.parquet")
+    assert load.health_columns(back) == [] and back.height == study["n_runs"]
+    assert health.columns(back) == [] and health.summary(back).height == 0

@@ -171,6 +171,64 @@ def test_report_renders_in_chromium(built):
     assert fsrf.sum() > 50
 
 
+RULE_TEXT = (
+    "<b>noise branch (R_n)</b>: degenerate when noise_var &lt; 0.001 (R_n collapsed to a constant: the noise "
+    "priors then only move a bias), else working.",
+    "<b>shared space (R_ho)</b>: working when ho_agreement &gt; 0.05 (a sample&#x27;s modalities agree more "
+    "than different samples do), else degenerate.",
+    "<b>specific vs shared (R_he)</b>: degenerate when he_ho_cos &gt; 0.9 (R_he duplicates R_ho), else working.",
+    "<b>DAS alignment</b>: working when das_paired_mass &gt;= 2 (the plan gives a sample&#x27;s own other view at "
+    "least twice a uniform plan&#x27;s mass) and das_pair_cost_ratio &lt; 1 (a sample&#x27;s two views are "
+    "closer than two samples are); else degenerate.",
+    "<b>loss terms</b>: a loss term whose mean grad share is &lt; 0.01 is listed as inert (it barely moves the "
+    "shared layers).",
+)
+
+
+def test_mechanism_health_section(built):
+    """The fixture's known health (test_analysis.HEALTH): table cells by hand, the rules written on the page,
+    one verdict line per variant, the grad-share figure and the CSVs."""
+    page = (built / "report.html").read_text()
+    assert page.index('id="table2"') < page.index('<section id="health">') < page.index('<section id="overlap">')
+    section = _between(page, '<section id="health">', "</section>")
+    rows = {}
+    for tr in _between(section, 'id="health-table"').split("<tr>")[2:]:
+        cells = re.findall(r"<td>(.*?)</td>", tr)
+        rows[cells[0]] = cells[1:]
+    head = re.findall(r"<th>(.*?)</th>", _between(section, 'id="health-table"', "</thead>"))
+    col = {name: i - 1 for i, name in enumerate(head)}
+    assert list(rows) == ["FSRF", "w/o DHF", "Late fusion"]
+    fsrf, no_dhf, late = rows["FSRF"], rows["w/o DHF"], rows["Late fusion"]
+    # FSRF noise_var (0.8, 0.9, 1.3): mean 1.0, std sqrt(0.14 / 2) = 0.2646; ho_agreement (0.3, 0.4, 0.8):
+    # mean 0.5, std sqrt((0.04 + 0.01 + 0.09) / 2) = 0.2646; js share (0.01, 0.005, 0): 0.005 +- 0.005
+    assert fsrf[col["n"]] == "3" and fsrf[col["noise_var"]] == "1.00 ± 0.265"
+    assert fsrf[col["ho_agreement"]] == "0.500 ± 0.265" and fsrf[col["he_ho_cos"]] == "0.300 ± 0.265"
+    assert fsrf[col["noise_rank"]] == "1.50 ± 0.500" and fsrf[col["das_pair_cost_ratio"]] == "0.667 ± 0.208"
+    assert fsrf[col["grad_share/js"]] == "0.00500 ± 0.00500" and fsrf[col["grad_share/task"]] == "0.700 ± 0.100"
+    # w/o DHF paired mass (1.5, 2.0, 2.1): mean 1.8667, std sqrt((0.1344 + 0.0178 + 0.0544) / 2) = 0.3215
+    assert no_dhf[col["das_paired_mass"]] == "1.87 ± 0.321" and no_dhf[col["noise_var"]] == ""
+    assert late[col["grad_share/task"]] == "1.00 ± 0.00" and late[col["das_paired_mass"]] == "1.10 ± 0.100"
+    assert "noise_var/l" not in head  # per modality: the CSV only
+    for rule in RULE_TEXT:
+        assert f"<li>{rule}</li>" in section
+    verdicts = {v: _between(section, f'<li id="health-{v}">', "</li>") for v in ("fsrf", "no_dhf", "late_fusion")}
+    assert ("noise branch (R_n): <b>working</b> (mean noise_var 1.00) [3 of 3 runs working]; "
+            "shared space (R_ho): <b>working</b> (mean ho_agreement 0.500) [3 of 3 runs working]; ") in verdicts["fsrf"]
+    assert "loss terms: <b>inert</b> js (share 0.00500)" in verdicts["fsrf"]
+    assert ("noise branch (R_n): <b>not applicable</b> (switched off by the variant: model.dhf=False)"
+            in verdicts["no_dhf"])
+    assert ("DAS alignment: <b>degenerate</b> (mean das_paired_mass 1.87, mean das_pair_cost_ratio 0.947) "
+            "[2 of 3 runs working]; loss terms: none inert") in verdicts["no_dhf"]
+    assert verdicts["late_fusion"].count("<b>not applicable</b>") == 4 and "working" not in verdicts["late_fusion"]
+    for ext in ("png", "svg"):
+        assert (built / "figures" / f"health_grad_shares.{ext}").stat().st_size > 1000
+    summary = pl.read_csv(built / "tables" / "health_summary.csv")
+    row = summary.filter((pl.col("variant") == "fsrf") & (pl.col("metric") == "noise_var/l")).row(0, named=True)
+    assert row["n"] == 3 and row["mean"] == pytest.approx(0.9) and row["std"] == pytest.approx(np.std([0.7, 0.8, 1.2], ddof=1))
+    verdict_csv = pl.read_csv(built / "tables" / "health_verdicts.csv")
+    assert verdict_csv.height == 3 * 4 and verdict_csv.filter(pl.col("verdict") == "working").height == 4
+
+
 def test_report_from_parquet_omits_what_it_lacks(study, tmp_path):
     from analysis import report
 
@@ -236,6 +294,8 @@ def test_text_only_report_two_ways_ridge_and_references(built_text):
     assert "P(FSRF better): Ridge (frozen states) 1.00 [1.00, 1.00]" in page
     assert "Avg. (missing)</b> is" not in page and (built_text / "tables" / "uncertainty_Non0_F1_score.tex").is_file()
     assert "not applicable to text-only data" in _between(page, 'id="probe"', "</section>")
+    # An old store, without health/* metrics: the section says so instead of failing.
+    assert "Omitted: no run carries health/* metrics" in _between(page, '<section id="health">', "</section>")
 
 
 def test_references_need_a_known_dataset(built):
