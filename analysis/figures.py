@@ -78,23 +78,23 @@ def mark_max_training_rate(ax, marks: dict[str, float] | None, *, colors: dict[s
                    gid=f"max-training-rate:{rate:g}")
 
 
-def curves_figure(curves: pl.DataFrame, *, metric: str = HEADLINE, unk: pl.DataFrame | None = None,
+def curves_figure(curves: pl.DataFrame, *, metric: str = HEADLINE, zeroed: pl.DataFrame | None = None,
                   references: dict[str, float] | None = None, max_rates: dict[str, float] | None = None) -> Figure:
     """Fig. 2: score against the intra-modality missing ratio p, mean over seeds with a +-1 std band.
 
-    ``curves`` are the zeroed-state curves (``robustness.curves``), each in its variant's colour and
-    ``linestyle`` (``fsrf.variants``; the ridge baseline: dark grey, dotted), a closed-form variant
-    labelled "simplest baseline". ``unk``, when given, are the [UNK]-id word-drop curves
-    (``kind="unk"``), dashed in the variant's colour. ``references`` (label -> value, fractions like the
+    ``curves`` are the protocol's curves (``robustness.curves``: words dropped as [UNK] ids), each in its
+    variant's colour and ``linestyle`` (``fsrf.variants``; the ridge baseline: dark grey, dotted), a
+    closed-form variant labelled "simplest baseline". ``zeroed``, when given, are the zeroed-state
+    word-drop curves (``kind="zeroed"``, ``eval.zeroed_curve``), dashed in the variant's colour. ``references`` (label -> value, fractions like the
     curves) are drawn as short horizontal marks at p = 0: the paper's numbers, context only. ``max_rates``
     (variant -> rate) marks the training schedule's largest rate of the variants drawn
     (``mark_max_training_rate``).
     """
     scale, ylabel = _scale(metric)
-    two_ways = unk is not None and unk.height > 0
+    two_ways = zeroed is not None and zeroed.height > 0
     fig = Figure(figsize=(7.6 if references else 7.0, 4.6 if references else 4.2), layout="constrained")
     ax = fig.subplots()
-    sets = [(curves, "zeroed states", None)] + ([(unk, "[UNK] ids", "--")] if two_ways else [])
+    sets = [(curves, "[UNK] ids", None)] + ([(zeroed, "zeroed states", "--")] if two_ways else [])
     for frame, how, style in sets:
         for variant in variants.ordered(frame["variant"].to_list()):
             c = frame.filter(pl.col("variant") == variant).sort("p")
@@ -120,7 +120,7 @@ def curves_figure(curves: pl.DataFrame, *, metric: str = HEADLINE, unk: pl.DataF
     ax.set_xlim(-0.045 if references else -0.02, 1.02)
     ax.grid(alpha=0.3)
     ax.legend(frameon=False, fontsize=8 if (two_ways or references) else 9)
-    title = ("Word drop two ways: zeroed states (solid) and [UNK] ids (dashed); mean ± 1 std over seeds"
+    title = ("Word drop two ways: [UNK] ids (solid) and zeroed states (dashed); mean ± 1 std over seeds"
              if two_ways else "Robustness to intra-modality missingness (mean ± 1 std over seeds)")
     ax.set_title(title, fontsize=10)
     return fig

@@ -20,7 +20,7 @@ are replaced by a one-line note. The "Mechanism health" section (``analysis/heal
 selected-epoch ``health/*`` metrics (SPEC section 7) and says per variant, by rules written on the page,
 whether each mechanism (R_n, R_ho, R_he, DAS alignment) is working or degenerate and which loss terms
 are inert. Text-only studies (``data.source=transcripts``) get both
-word-drop curves when the runs carry ``unk_*`` (``eval.unk_curve``), the ``ridge`` baseline line, one
+word-drop curves when the runs carry ``zeroed_*`` (``eval.zeroed_curve``), the ``ridge`` baseline line, one
 note on what needs two or more modalities, and, when the runs' ``data.name`` is mosi or mosei (read from
 MLflow, so not with ``--runs-parquet`` alone), the paper's Table I ``{l}`` values as labelled references.
 Bad input: ``error: <one line>``, exit code 2.

@@ -3,9 +3,12 @@
 A curve is f(p) for p = 0, 0.1, ..., 1.0 (SPEC section 5): f(p) for p > 0 is the score under the
 intra-modality condition ``intra_p`` (every available modality loses each frame with probability p),
 and f(0) is the complete-modality score ``lav`` (``l`` for text-only data, whose only modality is
-language). Text-only runs evaluated with ``eval.unk_curve`` also have a second word-drop curve,
-``unk_p``: the same tokens dropped (same masks), but by replacing their ids with ``[UNK]`` before a live
-encoder instead of zeroing their cached states; every function here takes ``kind="unk"`` for it.
+language). A dropped word is dropped before the encoder (SPEC 7: its id becomes ``[UNK]``). Runs
+evaluated with ``eval.zeroed_curve`` also have a second word-drop curve, ``zeroed_p``: the same words
+dropped (same masks as ``intra_p``), but by zeroing their cached encoder states instead (SPEC 2's
+semantics, the kept words' states still carrying them); every function here takes ``kind="zeroed"`` for
+it. Runs made before SPEC 7 (no ``missing.word_drop`` param) had zeroed-state ``intra_p`` and an
+``unk_p`` curve instead; they are not relabelled here.
 
 The summaries come from ``fsrf.metrics``: ``relative_robustness`` (trapezoid area under f),
 ``effective_robustness`` (what is kept beyond the late-fusion baseline shifted to the same clean
@@ -33,9 +36,9 @@ from fsrf.protocol import HEADLINE, INTRA_POINTS, Condition
 from fsrf.variants import ROBUSTNESS_BASELINE
 
 P_GRID = (0.0, *INTRA_POINTS)  # the 11 points of a curve
-# The two ways to lose a word: ``intra_p`` zeroes the dropped tokens' encoder states (cache-friendly, the
-# platform's default); ``unk_p`` replaces their ids with [UNK] before a live encoder (the field's code).
-KINDS = {"intra": "zeroed states", "unk": "[UNK] ids"}
+# The two ways to lose a word: ``intra_p`` replaces the dropped tokens' ids by [UNK] before the encoder
+# (SPEC 7, the protocol); ``zeroed_p`` zeroes their cached encoder states (SPEC 2, ``eval.zeroed_curve``).
+KINDS = {"intra": "[UNK] ids", "zeroed": "zeroed states"}
 # One modality at a time (``intra_<m>_<p>``): the curve kind of each modality, and its name for readers.
 MODALITY_KINDS = {f"intra_{m}": m for m in MODALITIES}
 MODALITY_NAMES = {"l": "language", "a": "audio", "v": "visual"}
@@ -46,7 +49,7 @@ def point_name(kind: str, p: float) -> str:
         return Condition("modality", modality=MODALITY_KINDS[kind], rate=p).name
     if kind not in KINDS:
         raise ValueError(f"unknown curve kind {kind!r}; one of {', '.join([*KINDS, *MODALITY_KINDS])}")
-    return Condition("intra", rate=p).name if kind == "intra" else f"unk_{p}"
+    return Condition(kind, rate=p).name  # intra_p, zeroed_p
 
 
 def curve_columns(df: pl.DataFrame, metric: str = HEADLINE, kind: str = "intra") -> list[str]:
@@ -66,7 +69,7 @@ def has_curve(df: pl.DataFrame, metric: str = HEADLINE, kind: str = "intra") -> 
 
 def seed_curves(df: pl.DataFrame, metric: str = HEADLINE, kind: str = "intra") -> dict[str, np.ndarray]:
     """Per variant, the (n_seeds, 11) curves of the runs that have all 11 points (others are skipped:
-    a curve with a hole has no area; a variant without any, such as ridge for ``unk``, is absent)."""
+    a curve with a hole has no area; a variant without any, such as ridge for ``zeroed``, is absent)."""
     cols = curve_columns(df, metric, kind)
     missing = [c for c in cols if c not in df.columns]
     if missing:

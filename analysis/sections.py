@@ -270,20 +270,21 @@ def curves_section(rep: Report, main: pl.DataFrame, metric: str, complete: str, 
         return None
     rep.csv(cv, f"curves_{metric}")
     rep.csv(summary, f"robustness_{metric}")
-    unk = unk_summary = None
-    if robustness.has_curve(main, metric, "unk"):
-        unk = robustness.curves(main, metric, kind="unk")
-        unk_summary = robustness.robustness_summary(main, metric, kind="unk")
-        rep.csv(unk, f"curves_unk_{metric}")
-        rep.csv(unk_summary, f"robustness_unk_{metric}")
+    zeroed = zeroed_summary = None
+    if robustness.has_curve(main, metric, "zeroed"):
+        zeroed = robustness.curves(main, metric, kind="zeroed")
+        zeroed_summary = robustness.robustness_summary(main, metric, kind="zeroed")
+        rep.csv(zeroed, f"curves_zeroed_{metric}")
+        rep.csv(zeroed_summary, f"robustness_zeroed_{metric}")
     caption = f"{metric} against the intra-modality missing ratio p; band: ±1 std over seeds"
-    if unk is not None:
-        caption = (f"{metric} against the word-drop ratio p, each word lost two ways: its encoder state zeroed "
-                   "(solid) or its id replaced by [UNK] before a live encoder (dashed); band: ±1 std over seeds")
+    if zeroed is not None:
+        caption = (f"{metric} against the word-drop ratio p, each word lost two ways: its id replaced by [UNK] "
+                   "before the encoder (solid, the protocol) or its cached encoder state zeroed (dashed); "
+                   "band: ±1 std over seeds")
     if references:
         caption += "; short black/brown marks at p = 0: " + tables.PAPER_CAVEAT
     caption += "; " + max_rate_caption(max_rates)
-    fig = rep.figure(figures.curves_figure(cv, metric=metric, unk=unk, references=references, max_rates=max_rates),
+    fig = rep.figure(figures.curves_figure(cv, metric=metric, zeroed=zeroed, references=references, max_rates=max_rates),
                      "curves", caption)
     has_base = summary["effective"].null_count() < summary.height
     lines = []
@@ -319,8 +320,8 @@ def curves_section(rep: Report, main: pl.DataFrame, metric: str, complete: str, 
     if max_rates:
         text += f"<p>{MAX_RATE_TEXT}</p>"
     parts = [fig, text]
-    if unk is not None:
-        parts.append(two_ways_text(summary, unk_summary, metric))
+    if zeroed is not None:
+        parts.append(two_ways_text(summary, zeroed_summary, metric))
     parts.append(frame_html(show, table_id="robustness-summary"))
     rep.section("curves", "Robustness curves (Fig. 2) and robustness figures", *parts)
     return summary
@@ -409,7 +410,7 @@ def modality_section(rep: Report, main: pl.DataFrame, metric: str, *, text_only:
     rep.section("modality", title, *parts)
 
 
-def two_ways_text(zeroed: pl.DataFrame, unk: pl.DataFrame, metric: str) -> str:
+def two_ways_text(unk: pl.DataFrame, zeroed: pl.DataFrame, metric: str) -> str:
     """How the two word-drop curves differ, with the AUC of both per variant (a table and a sentence)."""
     z_auc = {r["variant"]: r for r in zeroed.iter_rows(named=True)}
     u_auc = {r["variant"]: r for r in unk.iter_rows(named=True)}
@@ -421,27 +422,28 @@ def two_ways_text(zeroed: pl.DataFrame, unk: pl.DataFrame, metric: str) -> str:
                      "auc_unk": u["auc"] if u else None, "auc_unk_seed_std": u["auc_seed_std"] if u else None,
                      "unk_minus_zeroed": (u["auc"] - z["auc"]) if z and u else None})
         if z and u:
-            said.append(f"{esc(tables.variant_name(v))}: AUC {num(z['auc'])} with zeroed states, "
-                        f"{num(u['auc'])} with [UNK] ids (difference {num(u['auc'] - z['auc'])})")
-        elif z:
-            said.append(f"{esc(tables.variant_name(v))}: AUC {num(z['auc'])} with zeroed states; "
-                        "no [UNK] curve (it reads the cached states only)")
+            said.append(f"{esc(tables.variant_name(v))}: AUC {num(u['auc'])} with [UNK] ids, "
+                        f"{num(z['auc'])} with zeroed states (difference {num(u['auc'] - z['auc'])})")
+        elif u:
+            said.append(f"{esc(tables.variant_name(v))}: AUC {num(u['auc'])} with [UNK] ids; "
+                        "no zeroed-state curve")
     schema = {k: pl.Float64 for k in ("auc_zeroed", "auc_zeroed_seed_std", "auc_unk", "auc_unk_seed_std",
                                       "unk_minus_zeroed")}
     table = pl.DataFrame(rows, schema={"variant": pl.String, **schema})
     return (
         "<h3>Two ways to lose a word</h3>"
         "<p>A dropped word can be taken away in two ways, and both curves are drawn on the same masks (the same "
-        "words dropped at every p). <b>Zeroed states</b> (solid, conditions <code>intra_p</code>, this platform's "
-        "default): the encoder reads the whole utterance once, the states are cached, and a dropped word's "
-        "state is set to zero before pooling; the other words keep the states they had in full context. It is "
-        "cache-friendly: no condition costs an encoder pass. <b>[UNK] ids</b> (dashed, conditions "
-        "<code>unk_p</code>, what the field's code does): the dropped word's token id is replaced by "
-        "<code>[UNK]</code> and the live encoder reads the damaged utterance, so every other word's state changes "
-        "with its context, and at p = 1 the encoder still reads a sequence of [UNK] ids (the utterance's length "
-        "survives), whereas zeroed states leave the pooled input exactly zero, one constant prediction. "
-        "The dashed curve therefore measures robustness to a damaged input sentence, the solid one to lost "
-        "features.</p>"
+        "words dropped at every p). <b>[UNK] ids</b> (solid, conditions <code>intra_p</code>, the protocol "
+        "since SPEC 7, and what the field's code does): the dropped word's token id is replaced by "
+        "<code>[UNK]</code> before the encoder, which reads the damaged utterance, so every other word's state "
+        "changes with its context and no kept state carries the dropped word; at p = 1 the encoder still reads "
+        "a sequence of [UNK] ids (the utterance's length survives). With the frozen encoder each condition's "
+        "damaged utterances are encoded once and cached. <b>Zeroed states</b> (dashed, conditions "
+        "<code>zeroed_p</code>, <code>eval.zeroed_curve</code>, section 2's semantics): the encoder reads the "
+        "whole utterance once and a dropped word's cached state is set to zero before pooling; the other words "
+        "keep the states they had in full context, so they still carry the dropped words, and at p = 1 the "
+        "pooled input is exactly zero, one constant prediction. The solid curve measures robustness to a "
+        "damaged input sentence, the dashed one to lost features of a sentence the encoder has read whole.</p>"
         f"<p>Measured (AUC of <code>{esc(metric)}</code>, trapezoid over p = 0..1, the same f(0) = the complete "
         "utterance for both): " + "; ".join(said) + ".</p>"
         + frame_html(table, table_id="two-ways-auc"))

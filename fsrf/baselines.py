@@ -1,7 +1,8 @@
 """The simplest honest baseline: ridge regression on the frozen encoder's mean-pooled word states.
 
-It reads the language modality only, the same cached states FSRF reads, under the same fixed masks
-(a dropped token's state is zero, the mean is over the utterance's valid tokens), so its curve is
+It reads the language modality only, the same cached states FSRF reads, under the same fixed masks and
+the same word drops (``fsrf.protocol.word_states``: dropped ids read as [UNK] by the frozen encoder, or
+zeroed states for ``zeroed_p``; the mean is over the utterance's valid tokens), so its curve is
 directly comparable to a model's ``l`` and word-drop points. Conditions without language see a zero
 vector and predict the intercept.
 """
@@ -12,7 +13,7 @@ import numpy as np
 import torch
 
 from fsrf.metrics import sentiment_metrics
-from fsrf.protocol import conditions_for, summarise
+from fsrf.protocol import conditions_for, summarise, word_states
 
 ALPHAS = tuple(np.logspace(-2, 4, 13))
 
@@ -41,7 +42,9 @@ def ridge_baseline(prep, *, mask_seed: int, alphas=ALPHAS) -> dict[str, float]:
         per_cond = {}
         for cond in conditions_for(prep.modalities):
             view = cond.view(valid, seed=mask_seed, available=prep.modalities)
-            feats = pooled(data.inputs.text, valid[0], view.zeroed(0, valid[0]))
+            states, zeroed = word_states(data, cond, view)
+            text = data.inputs.text if states is None else torch.from_numpy(np.asarray(states))
+            feats = pooled(text, valid[0], zeroed)
             per_cond[cond] = sentiment_metrics(model.predict(feats), data.labels.numpy())
         out.update(summarise(per_cond, prefix="val" if split == "valid" else "test", modalities=prep.modalities))
     return out

@@ -9,12 +9,24 @@ that needs to know what a condition means keeps the value, never parses the name
 - Table I: ``TABLE``, the seven present-modality sets; ``MISSING``, the six whose mean is ``avg_missing``.
 - Fig. 2: ``INTRA``, every modality loses frames at p = 0.1 .. 1.0; ``intra_avg`` is their mean.
 - Extensions, not in the paper: ``BURST`` (one contiguous block per modality), the per-modality curves
-  (``modality_curve``, one modality at a time) and ``rates`` conditions (each modality its own rate,
-  from ``eval.modality_rates``).
+  (``modality_curve``, one modality at a time), ``rates`` conditions (each modality its own rate,
+  from ``eval.modality_rates``) and ``ZEROED`` (``eval.zeroed_curve``: the intra curve with words lost
+  the section 2 way, below).
+
+How a word is lost (SPEC 7). Every condition that drops words (``intra_p``, ``intra_l_p``, ``rates_*``
+with a language rate > 0, and ``burst_p``, whose block of words is dropped the same way: one rule for
+every dropped word) drops them *before* the encoder: their token ids become ``[UNK]`` and the damaged
+utterance is encoded, every state (kept words and [UNK]) counting in the mean, as a fine-tuned (live)
+encoder does by itself. With the frozen encoder the damaged utterances are encoded once per (encoder,
+data, mask seed, condition) and cached on disk (``fsrf.text.FrozenText``); the split carries them as
+``SplitTensors.words``. ``zeroed_p`` keeps section 2's semantics for comparison: the same masks as
+``intra_p``, but the complete utterance is encoded and the dropped tokens' states are zeroed, so the kept
+states still carry the dropped words (frozen encoder only). Audio and visual frames are zeroed in both.
 
 Scoring: ``evaluate`` gives every metric under a list of conditions as flat
-``<prefix>/<metric>/<condition name>`` numbers, with the summaries of ``summarise``; ``predict`` and
-``representations`` score one view; ``evaluate_unk`` is the text-only ``[UNK]`` word-drop curve.
+``<prefix>/<metric>/<condition name>`` numbers, with the summaries of ``summarise``; ``representations``
+scores one condition; ``predict`` scores a bare ``View`` (which says which positions are lost, not how:
+cached text states are zeroed there).
 
 Axis legend: N samples of a split, T_m positions of modality m (padded), M modalities of the model,
 D its width; 3 modalities in the fixed order (l, a, v) of ``fsrf.MODALITIES``.
@@ -37,7 +49,7 @@ from fsrf.missing import View, burst_drop, intra_drop, slice_view, zeroed_masks
 
 if TYPE_CHECKING:  # fsrf.train imports this module; the types are only annotations here
     from fsrf.model import FSRF
-    from fsrf.train import Prepared, SplitTensors
+    from fsrf.train import SplitTensors
 
 HEADLINE = "Non0_F1_score"  # SPEC section 5: the headline metric
 OBJECTIVE_CONDITION = "objective"  # the summary condition the study optimises (see ``summarise``)
@@ -52,11 +64,11 @@ BURST_POINTS = (0.2, 0.4, 0.6, 0.8, 1.0)  # extension, not in the paper
 # whose per-modality masks it reuses.
 RATE_GRID = (0.0, *INTRA_POINTS)
 
-Kind = Literal["table", "intra", "burst", "modality", "rates"]
-KINDS: tuple[Kind, ...] = ("table", "intra", "burst", "modality", "rates")
+Kind = Literal["table", "intra", "burst", "modality", "rates", "zeroed"]
+KINDS: tuple[Kind, ...] = ("table", "intra", "burst", "modality", "rates", "zeroed")
 # The fields each kind is made of; every other field stays None.
 _FIELDS = {"table": ("present",), "intra": ("rate",), "burst": ("rate",), "modality": ("modality", "rate"),
-           "rates": ("rates",)}
+           "rates": ("rates",), "zeroed": ("rate",)}
 # Table I's present sets in their order; the order fixes the table conditions' mask seeds (0..6).
 _TABLE_SETS = (("l",), ("a",), ("v",), ("l", "a"), ("l", "v"), ("a", "v"), ("l", "a", "v"))
 _MAX_SEED = 2**32 // 1000  # torch's CPU generator (mt19937) keeps only the low 32 bits of a seed
@@ -88,7 +100,9 @@ class Condition:
     - ``Condition("modality", modality="a", rate=p)``: only that modality drops frames, w.p. p, the
       others stay complete (``intra_a_p``);
     - ``Condition("rates", rates=(r_l, r_a, r_v))``: each modality drops frames at its own rate, with the
-      masks of its own ``modality`` condition (``rates_l0.9_a0.3_v0.3``).
+      masks of its own ``modality`` condition (``rates_l0.9_a0.3_v0.3``);
+    - ``Condition("zeroed", rate=p)``: the masks of ``intra_p``, words lost the section 2 way (their
+      cached states zeroed) instead of as ``[UNK]`` before the encoder (``zeroed_p``; ``word_drop``).
     Rates must lie on their grid (``INTRA_POINTS``, ``BURST_POINTS``, ``RATE_GRID`` for ``rates``) and
     are stored as the grid value; anything else is refused here, with the field's name.
     """
@@ -121,7 +135,7 @@ class Condition:
                                                                  "intra_<m>_<p> points)")
                 for m, r in zip(MODALITIES, self.rates)))
         else:
-            grid = BURST_POINTS if self.kind == "burst" else INTRA_POINTS
+            grid = BURST_POINTS if self.kind == "burst" else INTRA_POINTS  # intra, modality, zeroed
             object.__setattr__(self, "rate", _on_grid(self.rate, grid, f"Condition.rate of kind {self.kind!r}"))
             if self.kind == "modality" and self.modality not in MODALITIES:
                 raise ValueError(f"Condition.modality must be one of {MODALITIES}, got {self.modality!r}")
@@ -135,7 +149,13 @@ class Condition:
             return f"intra_{self.modality}_{self.rate}"
         if self.kind == "rates":
             return "rates_" + "_".join(f"{m}{r}" for m, r in zip(MODALITIES, self.rates))
-        return f"{self.kind}_{self.rate}"  # intra_0.3, burst_0.4
+        return f"{self.kind}_{self.rate}"  # intra_0.3, burst_0.4, zeroed_0.3
+
+    @property
+    def word_drop(self) -> Literal["unk", "zeroed"]:
+        """How the condition takes a dropped word away: ``"unk"`` (its id becomes [UNK] before the encoder,
+        SPEC 7) for every kind but ``zeroed`` (its cached state becomes zero, SPEC 2)."""
+        return "zeroed" if self.kind == "zeroed" else "unk"
 
     def __str__(self) -> str:
         return self.name
@@ -160,7 +180,8 @@ class Condition:
 
         Table conditions 0..6, intra 100 + 10p, burst 200 + 10p, per-modality 300 + 100k + 10p for the
         k-th modality of (l, a, v): adding or reordering conditions never changes the masks of existing
-        ones. ``rates`` conditions have none: they reuse the masks of their per-modality parts.
+        ones. ``rates`` conditions have none: they reuse the masks of their per-modality parts; ``zeroed``
+        ones share intra's (the two ways to lose a word are compared on the same words).
         """
         if self.kind == "table":
             return _TABLE_SETS.index(self.present)
@@ -168,7 +189,7 @@ class Condition:
             raise ValueError("a rates condition has no mask seed of its own: it reuses its per-modality masks")
         if self.kind == "modality":
             return 300 + 100 * MODALITIES.index(self.modality) + round(10 * self.rate)
-        return {"intra": 100, "burst": 200}[self.kind] + round(10 * self.rate)
+        return {"intra": 100, "zeroed": 100, "burst": 200}[self.kind] + round(10 * self.rate)
 
     def _generator(self, seed: int) -> torch.Generator:
         """A generator fixed by (seed, condition) alone: seeded with seed * 1000 + ``_mask_index``.
@@ -213,7 +234,7 @@ class Condition:
             drops = tuple(_one_modality_drop(m, mask, self.rate, seed=seed) if m == k else none[m]
                           for m, mask in enumerate(valid))
         else:
-            dropper = intra_drop if self.kind == "intra" else burst_drop
+            dropper = burst_drop if self.kind == "burst" else intra_drop  # intra, zeroed
             generator = self._generator(seed)
             present = has
             # A lacking modality is absent anyway; skipping it keeps an available one's mask independent of it.
@@ -233,6 +254,8 @@ TABLE = tuple(Condition("table", present=s) for s in _TABLE_SETS)  # Table I: l,
 MISSING = TABLE[:-1]  # the six whose mean is `avg_missing`
 INTRA = tuple(Condition("intra", rate=p) for p in INTRA_POINTS)  # Fig. 2's curve, mean `intra_avg`
 BURST = tuple(Condition("burst", rate=p) for p in BURST_POINTS)
+# ``eval.zeroed_curve``: intra's masks, words lost as zeroed cached states (SPEC 2), mean ``zeroed_avg``
+ZEROED = tuple(Condition("zeroed", rate=p) for p in INTRA_POINTS)
 
 
 def modality_curve(m: str) -> tuple[Condition, ...]:
@@ -294,7 +317,8 @@ def summarise(per_cond: dict[Condition, dict[str, float]], *, prefix: str,
     """Flatten per-condition metrics to ``<prefix>/<metric>/<name>`` and add the summaries of SPEC section 2.
 
     ``intra_avg``: mean over the ten ``INTRA`` points (all must be given); ``burst_avg``: over the burst
-    conditions given; ``intra_<m>_avg``: over modality m's curve, when all ten are given; with all three
+    conditions given; ``intra_<m>_avg``: over modality m's curve, ``zeroed_avg`` over ``ZEROED``, when all
+    ten are given; with all three
     modalities ``avg_missing`` over ``MISSING``; ``objective`` (what selection and tuning read): over
     ``TABLE`` and ``INTRA``, or ``l`` and ``INTRA`` unless the data has all three modalities.
     """
@@ -310,6 +334,8 @@ def summarise(per_cond: dict[Condition, dict[str, float]], *, prefix: str,
         curve = list(modality_curve(m))
         if all(c in per_cond for c in curve):
             groups[f"intra_{m}_avg"] = curve
+    if all(c in per_cond for c in ZEROED):  # eval.zeroed_curve (not part of the objective)
+        groups["zeroed_avg"] = list(ZEROED)
     if len(modalities) == 3:
         groups["avg_missing"] = list(MISSING)
         groups[OBJECTIVE_CONDITION] = list(TABLE) + list(INTRA)
@@ -326,7 +352,8 @@ def summarise(per_cond: dict[Condition, dict[str, float]], *, prefix: str,
 
 @torch.no_grad()
 def predict(model: FSRF, data: SplitTensors, view: View, *, batch_size: int) -> Tensor:
-    """Scores (N,) of a whole split under one fixed ``View``."""
+    """Scores (N,) of a whole split under one fixed ``View``, its lost positions zeroed (cached text states
+    too: a bare view does not say how a word is lost; ``evaluate`` scores the protocol's conditions)."""
     model.eval()
     valid = data.inputs.valid()
     zeroed = zeroed_masks(view, valid)
@@ -342,21 +369,60 @@ def representations(model: FSRF, data: SplitTensors, *, modalities: tuple[str, .
                     condition: Condition | None = None) -> dict[str, np.ndarray]:
     """R_ho, R_he, R_n (N, M, D), Z (N, D) and the score (N,) of a split under one condition (analysis).
 
-    ``condition`` defaults to the complete input (``complete_condition``); masks use seed 0.
+    ``condition`` defaults to the complete input (``complete_condition``); masks use seed 0. Words are
+    lost as the condition says (``word_states``).
     """
     model.eval()
     valid = data.inputs.valid()
-    view = (condition or complete_condition(modalities)).view(valid, seed=0, available=modalities)
-    zeroed = zeroed_masks(view, valid)
+    condition = condition or complete_condition(modalities)
+    view = condition.view(valid, seed=0, available=modalities)
+    zeroed = list(zeroed_masks(view, valid))
+    states, zeroed[0] = word_states(data, condition, view)
     parts: dict[str, list] = {}
     for i in range(0, len(data), batch_size):
         idx = torch.arange(i, min(i + batch_size, len(data)))
-        out = model(data.batch(idx), view.present[idx], tuple(z[idx] for z in zeroed))
+        out = model(_batch(data, idx, states), view.present[idx], tuple(z[idx] for z in zeroed))
         for name in ("ho", "he", "noise", "z", "score"):
             value = getattr(out, name)
             if value is not None:
                 parts.setdefault(name, []).append(value.float().numpy())
     return {k: np.concatenate(v) for k, v in parts.items()}
+
+
+def word_states(data: SplitTensors, condition: Condition, view: View) -> tuple[np.ndarray | None, Tensor]:
+    """What the language encoder reads under ``condition`` (whose fixed view is ``view``): (states, zeroed).
+
+    ``states`` (N, T_l, d_l) float16 replaces the split's cached text states, None keeps them; ``zeroed``
+    (N, T_l) bool marks the positions the encoder sees as zeros. With the frozen encoder, a condition
+    that drops words (``word_drop == "unk"``) reads the utterances encoded with the dropped ids as
+    ``[UNK]`` (``SplitTensors.words``, cached on disk), nothing zeroed but an absent utterance; a
+    ``zeroed`` condition reads the complete utterances' states with the dropped ones zeroed. A live
+    encoder reads token ids and turns the zeroed positions into ``[UNK]`` itself (``TextEncoder``); it
+    has no zeroed-state semantics, so ``zeroed_p`` is refused for it.
+    """
+    valid = data.inputs.text_valid
+    zeroed = view.zeroed(0, valid)  # (N, T_l)
+    dropped = bool(view.drop[0].any())
+    if not data.inputs.text.is_floating_point():  # live encoder: token ids
+        if condition.word_drop == "zeroed" and dropped:
+            raise ValueError(f"condition {condition.name} zeroes cached encoder states: it needs the frozen "
+                             "encoder (encoder.finetune = false)")
+        return None, zeroed
+    if condition.word_drop == "zeroed" or not dropped:
+        return None, zeroed
+    if data.words is None:
+        raise ValueError(f"condition {condition.name} drops words before the encoder: the split needs its token "
+                         "ids and frozen encoder (SplitTensors.words, which fsrf.train.prepare gives)")
+    states = data.words.unk_states(view.drop[0].cpu().numpy(), label=condition.name)
+    return states, valid & ~view.present[:, :1]  # an absent utterance stays all zeros
+
+
+def _batch(data: SplitTensors, idx: Tensor, states: np.ndarray | None):
+    """The inputs of rows ``idx``, the text states taken from ``states`` when given (``word_states``)."""
+    x = data.batch(idx)
+    if states is not None:
+        x.text = torch.from_numpy(np.asarray(states[idx.numpy()], dtype=np.float32))  # (b, T_l, d_l)
+    return x
 
 
 @torch.no_grad()
@@ -369,7 +435,10 @@ def _scores(model: FSRF, data: SplitTensors, conditions: Sequence[Condition], *,
     the absent input; both are computed once for the split. Only a modality that loses some positions
     is encoded under the condition itself. The seven Table I conditions thus cost two encoder passes in
     all, and a per-modality point ``intra_a_p`` one audio pass; the (cheap) factorization and head run
-    per condition. Batches are the same for every condition, so a score equals that of ``predict``.
+    per condition. Batches are the same for every condition, so a score equals that of ``predict`` on
+    the same inputs; the language modality reads what ``word_states`` gives (with the frozen encoder, a
+    word-dropping condition's [UNK]-encoded utterances: one encoder pass per condition, on its first
+    evaluation only, then read from the disk cache).
     """
     model.eval()
     valid = data.inputs.valid()
@@ -393,15 +462,19 @@ def _scores(model: FSRF, data: SplitTensors, conditions: Sequence[Condition], *,
             i = MODALITIES.index(m)
             present = view.present[:, i]
             how.append(False if not present.any() else True if present.all() and not view.drop[i].any() else None)
+        states, text_zeroed = None, None
+        if "l" in model.modalities and how[model.modalities.index("l")] is None:
+            states, text_zeroed = word_states(data, cond, view)
         scores = []
         for idx in batches:
-            x = data.batch(idx) if None in how else None
+            x = _batch(data, idx, states) if None in how else None
             part = slice_view(view, idx)
             h = []
             for k, m in enumerate(model.modalities):
                 i = MODALITIES.index(m)
+                zeroed = text_zeroed[idx] if m == "l" and text_zeroed is not None else part.zeroed(i, valid[i][idx])
                 h.append(reused(how[k])[idx, k] if how[k] is not None else
-                         model.encode_modality(x, m, part.present[:, i], part.zeroed(i, valid[i][idx])))
+                         model.encode_modality(x, m, part.present[:, i], zeroed))
             scores.append(model.factorize(torch.stack(h, 1), part.present).score)  # (b, M, D) -> (b,)
         out[cond] = torch.cat(scores)
     return out
@@ -411,48 +484,8 @@ def evaluate(model: FSRF, data: SplitTensors, conditions: Sequence[Condition], *
              mask_seed: int, batch_size: int, prefix: str) -> dict[str, float]:
     """Every metric under each of ``conditions``, flat ``<prefix>/<metric>/<name>``, with ``summarise``'s
     summaries. Per-epoch validation passes ``conditions_for(modalities, burst=False)`` (what the
-    objective reads); the test protocol adds the burst curve and ``per_modality_conditions``."""
+    objective reads); the test protocol adds the burst curve and ``per_modality_conditions`` (and
+    ``ZEROED`` with ``eval.zeroed_curve``)."""
     preds = _scores(model, data, conditions, modalities=modalities, mask_seed=mask_seed, batch_size=batch_size)
     per_cond = {c: sentiment_metrics(preds[c].numpy(), data.labels.numpy()) for c in conditions}
     return summarise(per_cond, prefix=prefix, modalities=modalities)
-
-
-@torch.no_grad()
-def evaluate_unk(model: FSRF, prep: Prepared, *, split: str, mask_seed: int, batch_size: int,
-                 prefix: str) -> dict[str, float]:
-    """The word-drop curve with dropped tokens' ids replaced by ``[UNK]`` before the live encoder.
-
-    The same tokens as the zeroing curve (``INTRA``: same masks) are dropped, but the encoder then
-    reads ``[UNK]`` in their place and every other token's state changes with its context, as in the
-    field's code. Text-only data; a frozen-encoder model borrows the live encoder for this pass.
-    Condition names ``unk_0.1`` .. ``unk_1.0`` and ``unk_avg``.
-    """
-    from fsrf import text as text_mod
-    from fsrf.train import SplitTensors
-    from fsrf.model import Inputs
-
-    if prep.modalities != ("l",):
-        raise ValueError("the [UNK] word-drop curve is defined for text-only data")
-    enc = model.encoders["l"]
-    borrowed = enc.bert is None
-    if borrowed:
-        enc.bert = text_mod.load_encoder(prep.encoder_path).eval()
-        enc.unk_id = text_mod.load_tokenizer(prep.encoder_path).unk_token_id
-    try:
-        tokenizer = text_mod.load_tokenizer(prep.encoder_path)
-        ids, _ = text_mod.tokenize(prep.raw[split].text, tokenizer, prep.splits[split].inputs.text.shape[1])
-        data = prep.splits[split]
-        live = SplitTensors(Inputs(torch.from_numpy(ids), data.inputs.text_valid), data.labels)
-        valid = live.inputs.valid()
-        per_cond = {}
-        for cond in INTRA:
-            view = cond.view(valid, seed=mask_seed, available=prep.modalities)
-            per_cond[f"unk_{cond.rate}"] = sentiment_metrics(
-                predict(model, live, view, batch_size=batch_size).numpy(), data.labels.numpy())
-    finally:
-        if borrowed:
-            enc.bert = None
-    flat = {f"{prefix}/{k}/{c}": v for c, ms in per_cond.items() for k, v in ms.items()}
-    for metric in next(iter(per_cond.values())):
-        flat[f"{prefix}/{metric}/unk_avg"] = float(np.mean([ms[metric] for ms in per_cond.values()]))
-    return flat

@@ -18,7 +18,7 @@ import sys
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
@@ -29,7 +29,9 @@ from fsrf.config import RunConfig, flatten
 from fsrf.data import SPLITS, Split, fingerprint, load_dataset
 from fsrf.missing import Schedule, mrm_views, zeroed_masks
 from fsrf.model import FSRF, Inputs
-from fsrf.protocol import (HEADLINE, OBJECTIVE, complete_condition, conditions_for, evaluate, evaluate_unk,
+if TYPE_CHECKING:
+    from fsrf.text import FrozenText
+from fsrf.protocol import (HEADLINE, OBJECTIVE, ZEROED, complete_condition, conditions_for, evaluate,
                            per_modality_conditions)
 
 
@@ -39,6 +41,10 @@ class SplitTensors:
 
     inputs: Inputs
     labels: torch.Tensor  # (N,) float32
+    # Frozen encoder only: the token ids and encoder that re-encode the utterances with dropped words as
+    # [UNK] (SPEC 7; ``fsrf.protocol.word_states``), and, for the training split, MRM's drop patterns.
+    words: FrozenText | None = field(default=None, repr=False)
+    patterns: WordDropPatterns | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -49,6 +55,67 @@ class SplitTensors:
         text = x.text[idx]
         return Inputs(text.float() if text.is_floating_point() else text, x.text_valid[idx],
                       take(x.audio), take(x.audio_valid), take(x.vision), take(x.vision_valid))
+
+
+@dataclass
+class WordDropPatterns:
+    """K drop patterns per training sample, encoded once with the dropped ids as ``[UNK]`` (SPEC 7): what a
+    training view that drops a sample's words reads with the frozen encoder (``missing.word_drop: unk``).
+
+    Pattern k of sample i drops each real token independently with probability u_ik ~ U(0, 1), the same
+    rule as MRM's intra draw (``fsrf.missing.intra_drop`` with a per-sample ratio), so the patterns span
+    the severities of the test curve. The draws come from their own generator seeded by the run's
+    ``seed`` (not the data seed: the patterns are a training draw like MRM's masks, so the seeds of a
+    robustness study differ in them too; a tuning study's trials share one seed and one encoding).
+    """
+
+    drop: torch.Tensor  # (K, N, T_l) bool, True on a dropped real token
+    states: tuple[np.ndarray, ...]  # K memory-mapped (N, T_l, d_l) float16 arrays, from the disk cache
+    seed: int  # the run seed they were drawn with
+
+    def take(self, k: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """States (R, T_l, d_l) float32 of pattern ``k[r]`` of sample ``rows[r]`` (both (R,) int64)."""
+        out = torch.empty(len(rows), *self.states[0].shape[1:])
+        for j in torch.unique(k).tolist():
+            sel = (k == j).nonzero().squeeze(1)
+            out[sel] = torch.from_numpy(np.asarray(self.states[j][rows[sel].numpy()], dtype=np.float32))
+        return out
+
+
+_PATTERN_STREAM = 0x554E4B  # "UNK": the patterns' generator is seeded by (seed, this), apart from MRM's
+
+
+def word_drop_patterns(words: FrozenText, *, k: int, seed: int) -> WordDropPatterns:
+    """``k`` drop patterns per sample of ``words`` (see ``WordDropPatterns``), encoded or read from the cache.
+
+    Cost: one encoder pass over k x N utterances on the first run with a seed (MiniLM, MOSI's 1284
+    training utterances: see the README), none afterwards. Memory: memory-mapped, k x N x T_l x d_l
+    float16 on disk (MOSI 1284 x 50 x 384: 49 MB per pattern; MOSEI's 16326: 627 MB per pattern,
+    2.5 GB for k = 4), of which a step reads the rows it uses.
+    """
+    from fsrf.missing import intra_drop
+
+    state = np.random.SeedSequence([seed % 2**32, _PATTERN_STREAM]).generate_state(1)[0]
+    gen = torch.Generator().manual_seed(int(state))
+    valid = torch.from_numpy(words.mask).bool()  # (N, T_l)
+    drop = torch.stack([intra_drop(valid, torch.rand(len(valid), generator=gen, dtype=torch.float64), generator=gen)
+                        for _ in range(k)])  # (K, N, T_l)
+    states = tuple(words.unk_states(d.numpy(), label=f"word-drop pattern {j + 1}/{k}") for j, d in enumerate(drop))
+    return WordDropPatterns(drop, states, seed)
+
+
+def patterns_for(cfg: RunConfig, train: SplitTensors) -> WordDropPatterns | None:
+    """The training split's drop patterns that ``cfg`` asks for (built, or read from the disk cache, if the
+    split has none for this seed and count): None with a live encoder, ``missing.word_drop: zeroed`` or
+    an MRM schedule that never drops words. A ``Prepared`` shared between configs gets the right ones."""
+    m = cfg.missing
+    drops_words = Schedule(m.schedule, m.p0, m.p1, m.at).max_rate() * m.modality_scale.l > 0
+    if train.words is None or m.word_drop != "unk" or not drops_words:
+        return None
+    have = train.patterns
+    if have is None or have.seed != cfg.seed or len(have.states) != m.unk_patterns:
+        train.patterns = word_drop_patterns(train.words, k=m.unk_patterns, seed=cfg.seed)
+    return train.patterns
 
 
 @dataclass
@@ -69,25 +136,33 @@ def _valid_from_lengths(lengths: np.ndarray, t: int) -> torch.Tensor:
 
 
 def prepare(cfg: RunConfig, *, splits: dict[str, Split] | None = None) -> Prepared:
-    """Load the data named by ``cfg.data`` and turn it into tensors (text via the encoder or its cache)."""
+    """Load the data named by ``cfg.data`` and turn it into tensors (text via the encoder or its cache).
+
+    With the frozen encoder each split keeps its token ids and the encoder (``SplitTensors.words``), so
+    that the protocol's word drops are encoded as [UNK]; with ``missing.word_drop: unk`` and an MRM that
+    can drop words, the training split also gets ``missing.unk_patterns`` drop patterns per sample
+    (``word_drop_patterns``, seeded by ``cfg.seed``). Both are cached on disk like the complete states.
+    """
     from fsrf import text as text_mod
 
     d = cfg.data
     if splits is None:
         splits = load_dataset(d)
     enc_path = text_mod.resolve_path(cfg.encoder.path)
+    encoder = None if cfg.encoder.finetune else text_mod.FrozenEncoder(enc_path, cache_dir=cfg.encoder.cache_dir)
     modalities = splits["train"].modalities
     dims: dict[str, int] = {}
     out = {}
     for name in SPLITS:
         sp = splits[name]
+        words = None
         if cfg.encoder.finetune:
             ids, mask = text_mod.tokenize(sp.text, text_mod.load_tokenizer(enc_path), d.max_tokens)
             text = torch.from_numpy(ids)
         else:
-            states, mask = text_mod.cached_states(sp.text, encoder_path=enc_path, max_tokens=d.max_tokens,
-                                                  cache_dir=cfg.encoder.cache_dir)
-            text = torch.from_numpy(np.array(states))  # (N, T_l, d_l) float16
+            words = text_mod.FrozenText.of(sp.text, encoder, max_tokens=d.max_tokens, name=name)
+            mask = words.mask
+            text = torch.from_numpy(np.array(words.states))  # (N, T_l, d_l) float16
             dims["l"] = text.shape[-1]
         x = Inputs(text, torch.from_numpy(mask).bool())
         if sp.audio is not None:
@@ -98,12 +173,14 @@ def prepare(cfg: RunConfig, *, splits: dict[str, Split] | None = None) -> Prepar
             x.vision = torch.from_numpy(sp.vision)
             x.vision_valid = _valid_from_lengths(sp.vision_lengths, sp.vision.shape[1])
             dims["v"] = sp.vision.shape[-1]
-        out[name] = SplitTensors(x, torch.from_numpy(sp.labels).float())
+        out[name] = SplitTensors(x, torch.from_numpy(sp.labels).float(), words)
+    patterns_for(cfg, out["train"])
     if cfg.encoder.finetune:
         from transformers import AutoConfig
 
         dims["l"] = AutoConfig.from_pretrained(enc_path).hidden_size
-    return Prepared(out, dims, modalities, fingerprint(splits), enc_path, text_mod.identity(enc_path), splits)
+    encoder_id = encoder.id if encoder is not None else text_mod.identity(enc_path)
+    return Prepared(out, dims, modalities, fingerprint(splits), enc_path, encoder_id, splits)
 
 
 def build_model(cfg: RunConfig, prep: Prepared) -> FSRF:
@@ -121,16 +198,35 @@ def build_model(cfg: RunConfig, prep: Prepared) -> FSRF:
 
 
 def train_losses(cfg: RunConfig, model: torch.nn.Module, x: Inputs, y: torch.Tensor, *, rate: float,
-                 generator: torch.Generator) -> dict[str, torch.Tensor]:
-    """Losses of one MRM step: two views of the batch through the network in one pass."""
+                 generator: torch.Generator, patterns: WordDropPatterns | None = None,
+                 index: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Losses of one MRM step: two views of the batch through the network in one pass.
+
+    ``patterns`` (``patterns_for``) and ``index`` (B,), the batch's rows of the training split: with the
+    frozen encoder and ``missing.word_drop: unk``, a view that drops some of a sample's words reads one of
+    that sample's [UNK]-encoded drop patterns instead (SPEC 7), chosen uniformly with ``generator`` after
+    all of ``mrm_views``' draws (so every mask of the step is the one it would be without patterns); MRM
+    decides whether the words are hit, the pattern which ones. Without patterns dropped words' cached
+    states are zeroed (``word_drop: zeroed``), and a live encoder reads them as [UNK] by itself.
+    """
     valid = x.valid()
     scale = cfg.missing.modality_scale
     vp, vq = mrm_views(valid, rate=rate, overlap=cfg.missing.overlap, modality_scale=(scale.l, scale.a, scale.v),
                        generator=generator)
     present = torch.cat([vp.present, vq.present])  # (2B, 3)
     zeroed = tuple(torch.cat(pair) for pair in zip(zeroed_masks(vp, valid), zeroed_masks(vq, valid)))
-    out = model(x.repeat(2), present, zeroed)
+    both = x.repeat(2)
     B = len(y)
+    if patterns is not None:
+        k = torch.randint(len(patterns.states), (2 * B,), generator=generator)  # (2B,), after mrm_views' draws
+        hit = torch.cat([vp.drop[0].any(1), vq.drop[0].any(1)]).cpu()  # (2B,) rows that lose words (present)
+        rows = hit.nonzero().squeeze(1)
+        if len(rows):
+            text = both.text.clone()  # (2B, T_l, d_l)
+            text[rows.to(text.device)] = patterns.take(k[rows], index.cpu()[rows % B]).to(text)
+            both.text = text
+            zeroed = (zeroed[0].masked_fill(hit.to(zeroed[0].device)[:, None], False), *zeroed[1:])
+    out = model(both, present, zeroed)
     sp, sq = out.score[:B], out.score[B:]
     L = cfg.loss
     dhf_p = dhf_q = das = None
@@ -257,6 +353,7 @@ def fit(cfg: RunConfig, *, prep: Prepared | None = None, report: Report | None =
     schedule = Schedule(cfg.missing.schedule, cfg.missing.p0, cfg.missing.p1, cfg.missing.at)
     gen = torch.Generator().manual_seed(cfg.seed)
     train, valid = prep.splits["train"], prep.splits["valid"]
+    patterns = patterns_for(cfg, train)  # SPEC 7: MRM's word drops as [UNK] with the frozen encoder
     best = {"score": -np.inf, "epoch": -1, "state": None, "val": {}}
     history: list[dict[str, float]] = []
     first_epoch = 0
@@ -276,7 +373,8 @@ def fit(cfg: RunConfig, *, prep: Prepared | None = None, report: Report | None =
     epoch_conditions = conditions_for(prep.modalities, burst=False)  # what the objective reads
     # the whole protocol: with the burst curve and the per-modality conditions the objective never reads
     full_conditions = (conditions_for(prep.modalities)
-                       + per_modality_conditions(prep.modalities, rates=cfg.eval.modality_rates))
+                       + per_modality_conditions(prep.modalities, rates=cfg.eval.modality_rates)
+                       + (list(ZEROED) if cfg.eval.zeroed_curve else []))  # words lost the SPEC 2 way
     total_nonconverged = 0
     # Mechanism health (SPEC 7): two fixed MRM views of validation (rate 0.5, the eval mask seed), the
     # same every epoch and for every variant, and gradient shares sampled every `health_every` steps
@@ -302,7 +400,7 @@ def fit(cfg: RunConfig, *, prep: Prepared | None = None, report: Report | None =
                     warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always", RuntimeWarning)
                 terms = train_losses(cfg, net, train.batch(idx).to(device), train.labels[idx].to(device),
-                                     rate=rate, generator=gen)
+                                     rate=rate, generator=gen, patterns=patterns, index=idx)
             # Sinkhorn warns on every non-converged step: count per epoch instead of flooding the log.
             nonconverged += sum("sinkhorn" in str(w.message) for w in caught)
             if not torch.isfinite(terms["total"]):  # a step on it would turn the weights NaN, and the next
@@ -364,10 +462,6 @@ def fit(cfg: RunConfig, *, prep: Prepared | None = None, report: Report | None =
     if evaluate_test:
         test = evaluate(model, prep.splits["test"], full_conditions, modalities=prep.modalities,
                         mask_seed=cfg.eval.mask_seed, batch_size=cfg.eval.batch_size, prefix="test")
-        if cfg.eval.unk_curve and prep.modalities == ("l",):
-            log("evaluating the [UNK] word-drop curve with the live encoder ...")
-            test.update(evaluate_unk(model, prep, split="test", mask_seed=cfg.eval.mask_seed,
-                                     batch_size=cfg.eval.batch_size, prefix="test"))
     # The selected epoch's validation metrics, now with the burst curve and the per-modality conditions
     # that per-epoch validation skips.
     val = evaluate(model, valid, full_conditions, modalities=prep.modalities, mask_seed=cfg.eval.mask_seed,

@@ -224,13 +224,13 @@ def runs(study):
 
 
 # A text-only study on "real MOSI transcripts": fsrf and the ridge baseline x 3 seeds, only the `l`
-# condition, the zeroed-state word-drop curve intra_p, burst drops, and (fsrf only: ridge reads cached
-# states) the [UNK]-id word-drop curve unk_p. Curves: intra f(p) = l - TEXT_SLOPE p (linear), unk
-# f(p) = l - UNK_CURVATURE p^2 (the trapezoid over p = 0, 0.1, .., 1 of p^2 is 0.1 (3.85 - 0.5) = 0.335).
+# condition, the [UNK]-id word-drop curve intra_p, burst drops, and (fsrf only: eval.zeroed_curve) the
+# zeroed-state word-drop curve zeroed_p. Curves: intra f(p) = l - TEXT_SLOPE p (linear), zeroed
+# f(p) = l - ZEROED_CURVATURE p^2 (the trapezoid over p = 0, 0.1, .., 1 of p^2 is 0.1 (3.85 - 0.5) = 0.335).
 TEXT_VARIANTS = ("fsrf", "ridge")
 TEXT_L = {"fsrf": 0.80, "ridge": 0.76}
 TEXT_SLOPE = {"fsrf": 0.3, "ridge": 0.2}
-UNK_CURVATURE = 0.4
+ZEROED_CURVATURE = 0.4
 TEXT_PARAMS = {"data.source": "transcripts", "data.name": "mosi", "data.path": "/data/mosi/label.csv"}
 
 
@@ -240,10 +240,10 @@ def text_run_values(variant: str, seed: int) -> dict[str, float]:
     for p in INTRA_POINTS:
         v[intra_name(p)] = l_score - TEXT_SLOPE[variant] * p
         if variant == "fsrf":
-            v[f"unk_{p}"] = l_score - UNK_CURVATURE * p ** 2
+            v[f"zeroed_{p}"] = l_score - ZEROED_CURVATURE * p ** 2
     v["intra_avg"] = float(np.mean([v[intra_name(p)] for p in INTRA_POINTS]))
     if variant == "fsrf":
-        v["unk_avg"] = float(np.mean([v[f"unk_{p}"] for p in INTRA_POINTS]))
+        v["zeroed_avg"] = float(np.mean([v[f"zeroed_{p}"] for p in INTRA_POINTS]))
     for p in (0.2, 0.4, 0.6, 0.8, 1.0):
         v[f"burst_{p}"] = l_score - 0.1 * p
     return {f"test/{F1}/{c}": x for c, x in v.items()}
@@ -576,40 +576,40 @@ def trapezoid(f) -> float:
     return 0.1 * (f[0] / 2 + sum(f[1:-1]) + f[-1] / 2)
 
 
-def test_text_only_unk_curve_and_its_auc(text_runs):
-    assert robustness.has_curve(text_runs, F1, "intra") and robustness.has_curve(text_runs, F1, "unk")
-    unk = robustness.curves(text_runs, F1, kind="unk")
-    assert unk["variant"].unique().to_list() == ["fsrf"]  # ridge has no [UNK] curve
-    c = unk.sort("p")
-    expect = [0.80 - UNK_CURVATURE * p ** 2 for p in (0.0, *INTRA_POINTS)]  # f(0) is `l` (seed offsets mean 0)
+def test_text_only_zeroed_curve_and_its_auc(text_runs):
+    assert robustness.has_curve(text_runs, F1, "intra") and robustness.has_curve(text_runs, F1, "zeroed")
+    zeroed_cv = robustness.curves(text_runs, F1, kind="zeroed")
+    assert zeroed_cv["variant"].unique().to_list() == ["fsrf"]  # ridge has no zeroed-state curve here
+    c = zeroed_cv.sort("p")
+    expect = [0.80 - ZEROED_CURVATURE * p ** 2 for p in (0.0, *INTRA_POINTS)]  # f(0) is `l` (seed offsets mean 0)
     assert c["mean"].to_list() == pytest.approx(expect, abs=1e-12)
-    s = {r["variant"]: r for r in robustness.robustness_summary(text_runs, F1, kind="unk").iter_rows(named=True)}
+    s = {r["variant"]: r for r in robustness.robustness_summary(text_runs, F1, kind="zeroed").iter_rows(named=True)}
     assert set(s) == {"fsrf"}
     assert s["fsrf"]["auc"] == pytest.approx(trapezoid(expect), abs=1e-12)
-    assert s["fsrf"]["auc"] == pytest.approx(0.80 - UNK_CURVATURE * 0.335, abs=1e-12)  # 0.666
+    assert s["fsrf"]["auc"] == pytest.approx(0.80 - ZEROED_CURVATURE * 0.335, abs=1e-12)  # 0.666
     assert s["fsrf"]["auc_seed_std"] == pytest.approx(np.std(OFFSET["fsrf"], ddof=1), abs=1e-12)
-    zeroed = {r["variant"]: r for r in robustness.robustness_summary(text_runs, F1).iter_rows(named=True)}
-    assert zeroed["fsrf"]["auc"] == pytest.approx(0.80 - 0.3 / 2, abs=1e-12)
-    assert zeroed["ridge"]["auc"] == pytest.approx(0.76 - 0.2 / 2, abs=1e-12)
-    assert zeroed["ridge"]["effective"] is None  # no late-fusion baseline in this study
+    unk = {r["variant"]: r for r in robustness.robustness_summary(text_runs, F1).iter_rows(named=True)}
+    assert unk["fsrf"]["auc"] == pytest.approx(0.80 - 0.3 / 2, abs=1e-12)
+    assert unk["ridge"]["auc"] == pytest.approx(0.76 - 0.2 / 2, abs=1e-12)
+    assert unk["ridge"]["effective"] is None  # no late-fusion baseline in this study
 
 
 def test_text_only_figure_draws_both_curves_ridge_and_references(text_runs):
     from analysis import figures
 
-    cv, unk = robustness.curves(text_runs, F1), robustness.curves(text_runs, F1, kind="unk")
-    fig = figures.curves_figure(cv, metric=F1, unk=unk, references=tables.PAPER_L["mosi"])
+    cv, zeroed = robustness.curves(text_runs, F1), robustness.curves(text_runs, F1, kind="zeroed")
+    fig = figures.curves_figure(cv, metric=F1, zeroed=zeroed, references=tables.PAPER_L["mosi"])
     lines = {ln.get_gid(): ln for ln in fig.axes[0].get_lines()}
-    solid, dashed = lines["curve:fsrf:zeroed states"], lines["curve:fsrf:[UNK] ids"]
+    solid, dashed = lines["curve:fsrf:[UNK] ids"], lines["curve:fsrf:zeroed states"]
     assert solid.get_linestyle() == "-" and dashed.get_linestyle() == "--"
     assert solid.get_color() == dashed.get_color() == figures.color("fsrf")
-    assert "zeroed states" in solid.get_label() and "[UNK] ids" in dashed.get_label()
-    assert list(dashed.get_ydata()) == pytest.approx([100 * (0.80 - UNK_CURVATURE * p ** 2)
+    assert "[UNK] ids" in solid.get_label() and "zeroed states" in dashed.get_label()
+    assert list(dashed.get_ydata()) == pytest.approx([100 * (0.80 - ZEROED_CURVATURE * p ** 2)
                                                       for p in (0.0, *INTRA_POINTS)])
-    ridge = lines["curve:ridge:zeroed states"]
+    ridge = lines["curve:ridge:[UNK] ids"]
     assert ridge.get_linestyle() == ":" and ridge.get_color() == variants.get("ridge").color
     assert "simplest baseline" in ridge.get_label()
-    assert "curve:ridge:[UNK] ids" not in lines
+    assert "curve:ridge:zeroed states" not in lines
     for label, value in (("FSRF (paper)", 82.58), ("CorrKD (paper)", 81.20)):
         ref = lines[f"reference:{label}"]
         assert list(ref.get_ydata()) == pytest.approx([value, value])
@@ -617,9 +617,9 @@ def test_text_only_figure_draws_both_curves_ridge_and_references(text_runs):
         assert x0 < 0 < x1 < 0.1  # a short mark at p = 0
     legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     assert any("82.58" in t for t in legend) and any("81.20" in t for t in legend)
-    # Without unk curves the figure is the plain one: no "zeroed states" in the labels.
+    # Without zeroed curves the figure is the plain one: no "[UNK] ids" in the labels.
     plain = figures.curves_figure(cv, metric=F1)
-    assert all("zeroed" not in ln.get_label() for ln in plain.axes[0].get_lines())
+    assert all("[UNK]" not in ln.get_label() for ln in plain.axes[0].get_lines())
 
 
 def test_text_only_ridge_in_table1_not_in_table2(text_runs):

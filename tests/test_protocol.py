@@ -400,3 +400,25 @@ def test_summaries_of_text_only_data_and_without_extensions():
     assert not any(k.endswith(("/avg_missing", "/burst_avg", "_avg")) and "intra_avg" not in k for k in flat)
     with pytest.raises(ValueError, match="intra_0.4"):
         summarise({c: v for c, v in per_cond.items() if c != intra(0.4)}, prefix="val", modalities=("l",))
+
+
+# ---------------------------------------------------------------- the zeroed-state curve (SPEC 7)
+
+
+def test_zeroed_curve_names_masks_and_summary():
+    from fsrf.protocol import ZEROED
+
+    assert [c.name for c in ZEROED] == [f"zeroed_{p}" for p in INTRA_POINTS]
+    assert [c.word_drop for c in ZEROED] == ["zeroed"] * 10
+    assert {c.word_drop for c in [*TABLE, *INTRA, *BURST, *per_modality_conditions(rates=[(0.9, 0.3, 0.3)])]} == {"unk"}
+    valid = pinned_valid()
+    for p in (0.3, 1.0):  # the same words lost as intra_p, in every modality
+        assert same_view(Condition("zeroed", rate=p).view(valid, seed=3), intra(p).view(valid, seed=3))
+    with pytest.raises(ValueError, match="Condition.rate of kind 'zeroed' must be one of 0.1"):
+        Condition("zeroed", rate=0.35)
+    per_cond = fake_metrics(conditions_for(burst=False) + list(ZEROED))
+    flat = summarise(per_cond, prefix="test", modalities=MODALITIES)
+    assert flat["test/MAE/zeroed_avg"] == pytest.approx(np.mean([per_cond[c]["MAE"] for c in ZEROED]))
+    without = summarise(fake_metrics(conditions_for(burst=False)), prefix="test", modalities=MODALITIES)
+    assert "test/MAE/zeroed_avg" not in without
+    assert flat["test/MAE/objective"] == without["test/MAE/objective"]  # never part of the objective

@@ -25,7 +25,7 @@ if str(ROOT) not in sys.path:
 
 from analysis import load, robustness, tables  # noqa: E402
 from fsrf import variants  # noqa: E402
-from test_analysis import F1, SEEDS, UNK_CURVATURE, VARIANTS, run_values  # noqa: E402
+from test_analysis import F1, SEEDS, VARIANTS, ZEROED_CURVATURE, run_values  # noqa: E402
 from test_analysis import study, text_study  # noqa: E402,F401  (the session-scoped stores)
 
 WINDOW = (1400, 900)
@@ -253,7 +253,7 @@ def test_bad_input_is_one_line_and_exit_2(study, tmp_path):
 
 @pytest.fixture(scope="module")
 def built_text(text_study, tmp_path_factory):
-    """The report of the text-only study (real-MOSI-like transcripts: fsrf and ridge, unk and intra curves)."""
+    """The report of the text-only study (real-MOSI-like transcripts: fsrf and ridge, intra and zeroed curves)."""
     from analysis import report
 
     out = tmp_path_factory.mktemp("reports") / "mosi-text"
@@ -268,13 +268,13 @@ def _between(page: str, start: str, end: str = "</table>") -> str:
 
 def test_text_only_report_two_ways_ridge_and_references(built_text):
     page = (built_text / "report.html").read_text()
-    # Two ways to lose a word, with both AUCs: zeroed 0.80 - 0.3 / 2, [UNK] 0.80 - 0.4 * 0.335.
+    # Two ways to lose a word, with both AUCs: [UNK] (intra) 0.80 - 0.3 / 2, zeroed 0.80 - 0.4 * 0.335.
     assert "Two ways to lose a word" in page
-    assert f"{0.80 - UNK_CURVATURE * 0.335:.3f}" == "0.666"
-    assert "FSRF: AUC 0.650 with zeroed states, 0.666 with [UNK] ids" in page
-    assert "cache-friendly" in page and "[UNK]" in page
-    assert "Ridge (frozen states): AUC 0.660 with zeroed states; no [UNK] curve" in page
-    assert (built_text / "tables" / "curves_unk_Non0_F1_score.csv").is_file()
+    assert f"{0.80 - ZEROED_CURVATURE * 0.335:.3f}" == "0.666"
+    assert "FSRF: AUC 0.650 with [UNK] ids, 0.666 with zeroed states" in page
+    assert "still carry the dropped words" in page and "[UNK]" in page
+    assert "Ridge (frozen states): AUC 0.660 with [UNK] ids; no zeroed-state curve" in page
+    assert (built_text / "tables" / "curves_zeroed_Non0_F1_score.csv").is_file()
     assert (built_text / "figures" / "curves.png").stat().st_size > 1000
     # Ridge: a row of Table I, not of Table II; drawn as the simplest baseline.
     assert "Ridge (frozen states)" in _between(page, 'id="table-table1_Non0_F1_score"')
@@ -371,7 +371,7 @@ def check_figures(new: variants.Variant, order: list[str], main) -> None:
     fig = figures.curves_figure(robustness.curves(main), metric=F1)
     lines = [ln for ln in fig.axes[0].get_lines() if (ln.get_gid() or "").startswith("curve:")]
     assert [ln.get_gid().split(":")[1] for ln in lines] == order
-    line = next(ln for ln in lines if ln.get_gid() == f"curve:{new.name}:zeroed states")
+    line = next(ln for ln in lines if ln.get_gid() == f"curve:{new.name}:[UNK] ids")
     assert to_hex(line.get_color()) == mine and line.get_linestyle() == new.linestyle
     assert line.get_label() == f"{new.label} (n=3)"
     bars = [c for c in figures.table1_figure(tables.table1(main)).axes[0].containers if isinstance(c, BarContainer)]

@@ -303,10 +303,16 @@ def test_cli_bad_input_is_one_error_line_and_exit_2(tmp_path, run_cli, args, fra
 
 def test_conditions_from_shared_encoder_passes_equal_one_pass_per_condition():
     """evaluate() encodes a modality only where a condition changes it (Table I: two passes in all;
-    intra_a_p: audio only): every score must equal that of a full pass per condition."""
+    intra_a_p: audio only): every score must equal that of a full pass per condition, on the text the
+    condition gives (``word_states``: [UNK]-encoded utterances where words are dropped)."""
+    import dataclasses
+
+    import numpy as np
     import torch
 
-    from fsrf.protocol import _scores, predict
+    from fsrf.missing import View
+    from fsrf.protocol import _scores, predict, word_states
+    from fsrf.train import SplitTensors
 
     cfg = load_config(None, TINY)
     prep = prepare(cfg)
@@ -319,7 +325,13 @@ def test_conditions_from_shared_encoder_passes_equal_one_pass_per_condition():
     shared = _scores(model, data, conditions, modalities=prep.modalities, mask_seed=5, batch_size=7)
     for cond in conditions:
         view = cond.view(data.inputs.valid(), seed=5, available=prep.modalities)
-        torch.testing.assert_close(shared[cond], predict(model, data, view, batch_size=7), rtol=1e-5, atol=1e-6)
+        states, _ = word_states(data, cond, view)
+        if states is not None:  # the [UNK] utterances, nothing zeroed in them (every one is present here)
+            data_c = SplitTensors(dataclasses.replace(data.inputs, text=torch.from_numpy(np.array(states))), data.labels)
+            view = View(view.present, (torch.zeros_like(view.drop[0]), *view.drop[1:]))
+        else:
+            data_c = data
+        torch.testing.assert_close(shared[cond], predict(model, data_c, view, batch_size=7), rtol=1e-5, atol=1e-6)
 
 
 def test_evaluate_per_modality_names_and_values():
