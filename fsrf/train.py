@@ -88,10 +88,10 @@ _PATTERN_STREAM = 0x554E4B  # "UNK": the patterns' generator is seeded by (seed,
 def word_drop_patterns(words: FrozenText, *, k: int, seed: int) -> WordDropPatterns:
     """``k`` drop patterns per sample of ``words`` (see ``WordDropPatterns``), encoded or read from the cache.
 
-    Cost: one encoder pass over k x N utterances on the first run with a seed (MiniLM, MOSI's 1284
-    training utterances: see the README), none afterwards. Memory: memory-mapped, k x N x T_l x d_l
-    float16 on disk (MOSI 1284 x 50 x 384: 49 MB per pattern; MOSEI's 16326: 627 MB per pattern,
-    2.5 GB for k = 4), of which a step reads the rows it uses.
+    Cost: one encoder pass over k x N utterances on the first run with a seed, none afterwards (measured,
+    MiniLM on 2 shared CPU cores: 8.5-12 s for k = 4 of MOSI's 1284 training utterances). Memory:
+    memory-mapped, k x N x T_l x d_l float16 on disk (MOSI 1284 x 50 x 384: 49 MB per pattern; MOSEI's
+    16326: 627 MB per pattern, 2.5 GB for k = 4), of which a step reads the rows it uses.
     """
     from fsrf.missing import intra_drop
 
