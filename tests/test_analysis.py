@@ -10,23 +10,17 @@ recomputed by hand in the tests.
 from __future__ import annotations
 
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import polars as pl
 import pytest
 from scipy import stats
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # analysis/ is not an installed package
-    sys.path.insert(0, str(ROOT))
-
-from analysis import load, probe, robustness, tables, tuning  # noqa: E402
-from fsrf import variants  # noqa: E402
-from fsrf.errors import InputError  # noqa: E402
-from fsrf.manifest import ROLE_ROBUSTNESS, ROLE_ROBUSTNESS_RUN, ROLE_TAG  # noqa: E402
-from fsrf.protocol import BEST_OBJECTIVE, INTRA_POINTS, MISSING, TABLE, Condition  # noqa: E402
+from analysis import load, probe, robustness, tables, tuning
+from fsrf import variants
+from fsrf.errors import InputError
+from fsrf.manifest import ROLE_ROBUSTNESS, ROLE_ROBUSTNESS_RUN, ROLE_TAG
+from fsrf.protocol import BEST_OBJECTIVE, INTRA_POINTS, MISSING, TABLE, Condition
 
 TABLE_CONDITIONS = tuple(c.name for c in TABLE)  # the names the fixtures' metrics are written under
 MISSING_CONDITIONS = tuple(c.name for c in MISSING)

@@ -27,7 +27,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import ROOT, subprocess_env
+
 MARKER = "PWNED"  # created by unpickling EVIL_PICKLE
 
 
@@ -130,9 +131,7 @@ def run_case(case: Case, folder: Path, cache: Path) -> dict:
     for name, content in case.files.items():
         (folder / name).write_bytes(content if isinstance(content, bytes) else content.encode())
     before = snapshot(folder)
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
-    env.update(PYTHONPATH=str(ROOT), FSRF_CACHE=str(cache), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
-               OMP_NUM_THREADS="1", RAY_AUTH_MODE="disabled")
+    env = subprocess_env(FSRF_CACHE=str(cache), RAY_AUTH_MODE="disabled")
     t0 = time.time()
     proc = subprocess.run([sys.executable, str(ROOT / case.script), *case.args], cwd=folder, env=env,
                           capture_output=True, text=True, timeout=120)

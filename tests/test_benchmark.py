@@ -4,22 +4,20 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
 import sys
-from pathlib import Path
 
+from conftest import ROOT, TINY, subprocess_env
 from fsrf.config import load_config
 from fsrf.train import fit
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY = ["data.size_scale=0.05", "train.epochs=1", "train.max_batches=3", "model.width=16", "model.seq_width=8"]
+TINY_FIT = [*TINY, "train.epochs=1", "train.max_batches=3"]  # the machine's own thread count: not TINY_RUN
 
 
 def test_benchmark_smoke_writes_every_figure_with_its_goal(tmp_path):
     out = tmp_path / "bench.json"
     proc = subprocess.run([sys.executable, str(ROOT / "studies" / "benchmark.py"), "--smoke-test", "--output", str(out)],
-                          cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
+                          cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = json.loads(out.read_text())
@@ -38,8 +36,8 @@ def test_benchmark_smoke_writes_every_figure_with_its_goal(tmp_path):
 
 
 def test_bf16_autocast_runs_on_cpu_with_the_same_metrics_schema():
-    plain = fit(load_config(None, TINY), evaluate_test=False, log=lambda s: None)
-    bf16 = fit(load_config(None, TINY + ["train.bf16=true"]), evaluate_test=False, log=lambda s: None)
+    plain = fit(load_config(None, TINY_FIT), evaluate_test=False, log=lambda s: None)
+    bf16 = fit(load_config(None, [*TINY_FIT, "train.bf16=true"]), evaluate_test=False, log=lambda s: None)
     assert set(bf16.val) == set(plain.val)
     assert all(math.isfinite(v) for k, v in bf16.history[0].items() if k.startswith("train/"))
     assert bf16.history[0]["train/total"] != plain.history[0]["train/total"]  # autocast really changed the math

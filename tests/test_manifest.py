@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from conftest import ROOT, subprocess_env
 from fsrf import manifest
 from fsrf.config import load_config
 from fsrf.data import fingerprint, load_dataset
 
-ROOT = Path(__file__).resolve().parents[1]
 TRAIN = ROOT / "studies" / "train.py"
 SMOKE = ["data.size_scale=0.05", "train.epochs=2", "model.width=16", "model.seq_width=8"]
 
@@ -57,9 +56,8 @@ def test_build_records_seeds_data_encoder_and_config():
 
 
 def run_train(cwd: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, str(TRAIN), *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run([sys.executable, str(TRAIN), *args], cwd=cwd, env=subprocess_env(), capture_output=True,
+                          text=True, timeout=300)
 
 
 @pytest.fixture(scope="module")

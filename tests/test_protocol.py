@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import ROOT
 from fsrf import MODALITIES
 from fsrf.missing import View
 from fsrf.protocol import (
@@ -237,8 +238,7 @@ def test_condition_masks_do_not_depend_on_the_process():
     # Python's str hash is salted per process; a mask seeded from it would differ in another process.
     salt = "2" if os.environ.get("PYTHONHASHSEED") == "1" else "1"
     done = subprocess.run([sys.executable, "-c", MASK_SCRIPT], env=dict(os.environ, PYTHONHASHSEED=salt),
-                          capture_output=True, text=True, check=True,
-                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+                          capture_output=True, text=True, check=True, cwd=ROOT)
     v = torch.arange(40)[None, :] < torch.arange(1, 41)[:, None]
     view = intra(0.5).view((v, v, v), seed=7)
     here = f"{int(view.drop[0].sum())} {int((view.drop[1].long() * torch.arange(40)).sum())}"

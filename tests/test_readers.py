@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import pickle
 import subprocess
 import sys
@@ -12,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import ROOT, subprocess_env
 from fsrf import readers
 from fsrf.data import SPLITS
 from fsrf.errors import InputError
@@ -23,8 +23,7 @@ from fsrf.readers import (
     read_transcripts,
 )
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+SHARED_DATA = ROOT.parent / "shared" / "data"
 SIZES = {"train": 4, "valid": 3, "test": 2}
 T_A, T_V, T_L = 6, 5, 7
 
@@ -441,10 +440,9 @@ def test_bad_input_is_one_line_input_error(tmp_path, file_name, write, read, fra
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.run(
-        [sys.executable, "studies/convert_mmsa.py", *args], cwd=REPO, env=env, capture_output=True, text=True,
-        timeout=60,
+        [sys.executable, "studies/convert_mmsa.py", *args], cwd=ROOT, env=subprocess_env(), capture_output=True,
+        text=True, timeout=60,
     )
 
 

@@ -14,13 +14,13 @@ first session pays the encoding of 2195 utterances (~30 s), later sessions with 
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import ROOT
+
 MOSI = ROOT.parent / "shared" / "data" / "mosi" / "label.csv"
 F1 = "Non0_F1_score"
 NOISE = 0.03  # a rise between neighbouring curve points up to this much is noise (685 test utterances)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import html
 import json
 import re
-import os
 import shutil
 import subprocess
 import sys
@@ -19,22 +18,18 @@ import numpy as np
 import polars as pl
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from analysis import load, robustness, tables  # noqa: E402
-from fsrf import variants  # noqa: E402
-from test_analysis import F1, SEEDS, VARIANTS, ZEROED_CURVATURE, run_values  # noqa: E402
-from test_analysis import study, text_study  # noqa: E402,F401  (the session-scoped stores)
+from analysis import load, robustness, tables
+from conftest import ROOT, subprocess_env
+from fsrf import variants
+from test_analysis import F1, SEEDS, VARIANTS, ZEROED_CURVATURE, run_values
+from test_analysis import study, text_study  # noqa: F401  (the session-scoped stores)
 
 WINDOW = (1400, 900)
 
 
 def report_cli(*args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return subprocess.run([sys.executable, str(ROOT / "analysis" / "report.py"), *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=180)
+    return subprocess.run([sys.executable, str(ROOT / "analysis" / "report.py"), *args], cwd=ROOT,
+                          env=subprocess_env(), capture_output=True, text=True, timeout=180)
 
 
 @pytest.fixture(scope="module")

@@ -2,23 +2,22 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import polars as pl
 import pytest
 from mlflow.tracking import MlflowClient
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import ROOT, subprocess_env
+
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     work = tmp_path_factory.mktemp("robustness")
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    env = subprocess_env()
     proc = subprocess.run([sys.executable, str(ROOT / "studies" / "robustness.py"), "--smoke-test",
                            "--variants", "fsrf,late_fusion,ridge", "--cpus", "2"],
                           cwd=work, env=env, capture_output=True, text=True, timeout=600)

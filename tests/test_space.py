@@ -3,21 +3,19 @@ trial starts, every refusal names its field, and a valid space samples inside it
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 
+from conftest import ROOT, subprocess_env
 from fsrf.config import RunConfig, flatten
 from fsrf.errors import InputError
 from studies.space import load_space, parse_space
 
-ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "configs" / "search_space.yaml"
 
 
@@ -158,11 +156,9 @@ def test_valid_space_samples_inside_its_ranges(tmp_path):
 def test_cli_refuses_a_bad_space_before_starting_ray(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("params:\n  loss.lambda9: {distribution: uniform, low: 0, high: 1}\n")
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
-    env.update(PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
     t0 = time.time()
     proc = subprocess.run([sys.executable, str(ROOT / "studies" / "tune_lambdas.py"), "--space", str(bad)],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+                          cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=120)
     wall = time.time() - t0
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()

@@ -4,18 +4,12 @@ percentile interval, the probability of improvement and its interval."""
 from __future__ import annotations
 
 import itertools
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 from scipy import stats
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from analysis.uncertainty import (iqm, mean, probability_of_improvement,  # noqa: E402
+from analysis.uncertainty import (iqm, mean, probability_of_improvement,
                                   probability_of_improvement_ci, stratified_bootstrap_ci)
 
 
