@@ -490,7 +490,7 @@ def _warn_not_converged(caller: str, eps: float, median: float, failed: list[tup
         for name, r in failed
     )
     warnings.warn(
-        f"{caller}: not converged at eps={eps:g} (eps / median cost = {eps / median:.3g}) {where} >= "
+        f"{caller}: not converged at eps={eps:g} (eps / median cost = {eps / median if median > 0 else float('inf'):.3g}) {where} >= "
         f"stop_thr={stop_thr:g}; raise eps or num_iter_max",
         RuntimeWarning,
         stacklevel=3,

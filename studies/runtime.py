@@ -79,6 +79,30 @@ def warm_text_cache(cfg, splits) -> None:
     for split in splits.values():
         text.cached_states(split.text, encoder_path=path, max_tokens=cfg.data.max_tokens,
                            cache_dir=cfg.encoder.cache_dir)
+    if cfg.missing.word_drop == "unk":  # the protocol's word-drop conditions, encoded with [UNK] (SPEC 7)
+        warm_word_drops(cfg, splits)
+
+
+def warm_word_drops(cfg, splits) -> None:
+    """Encode the validation and test utterances of every condition that drops words, once, here.
+
+    They depend on the data, the encoder and ``eval.mask_seed`` only, so every trial of a study reads
+    the same cached arrays; without this, trials starting together would encode them in parallel.
+    (The training patterns depend on each run's seed and are encoded by the run itself.)
+    """
+    from fsrf import protocol
+    from fsrf.train import prepare
+
+    prep = prepare(cfg.model_copy(update={"missing": cfg.missing.model_copy(update={"word_drop": "zeroed"})}),
+                   splits=splits)  # zeroed: no training patterns here, only the split tensors
+    conditions = (protocol.conditions_for(prep.modalities)
+                  + protocol.per_modality_conditions(prep.modalities, rates=cfg.eval.modality_rates))
+    for name in ("valid", "test"):
+        data = prep.splits[name]
+        valid = data.inputs.valid()
+        for condition in conditions:
+            protocol.word_states(data, condition, condition.view(valid, seed=cfg.eval.mask_seed,
+                                                                 available=prep.modalities))
 
 
 # ------------------------------------------------------------------------------ the driver skeleton
