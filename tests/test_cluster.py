@@ -42,13 +42,12 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from conftest import ROOT, TINY, subprocess_env
 from fsrf.config import flatten, load_config
 
-ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "studies" / "tune_lambdas.py"
 NAN_SCRIPT = ROOT / "tests" / "nan_study.py"  # the same driver, one trial's loss NaN
 BIN = Path(sys.executable).parent  # ray and mlflow of this environment
-TINY = ["data.size_scale=0.05", "model.width=16", "model.seq_width=8"]
 SETS = [a for kv in TINY for a in ("--set", kv)]
 OBJECTIVE = "val/Non0_F1_score/objective"
 SPEC_PARAMS = ("loss.lambda1", "loss.lambda2", "loss.tau", "loss.sinkhorn_eps", "loss.margin", "loss.noise_mu",
@@ -64,11 +63,8 @@ def free_port() -> int:
 
 
 def base_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
-    env.update(PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1",
-               RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="disabled", RAY=str(BIN / "ray"),
-               MLFLOW=str(BIN / "mlflow"), PATH=f"{BIN}:{os.environ.get('PATH', '')}", **extra)
-    return env
+    return subprocess_env(RAY_AUTH_MODE="disabled", RAY=str(BIN / "ray"), MLFLOW=str(BIN / "mlflow"),
+                          PATH=f"{BIN}:{os.environ.get('PATH', '')}", **extra)
 
 
 def sh(*args, timeout: float = 180, check: bool = True) -> subprocess.CompletedProcess:

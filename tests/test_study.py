@@ -24,16 +24,15 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from conftest import ROOT, TINY, subprocess_env
 from fsrf.config import flatten, load_config
 from studies.space import load_space
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "studies" / "tune_lambdas.py"
 NAN_SCRIPT = ROOT / "tests" / "nan_study.py"  # the same driver, one trial's loss NaN (no such CLI switch)
 SPACE = ROOT / "configs" / "search_space.yaml"
-TINY = ["data.size_scale=0.05", "model.width=16", "model.seq_width=8"]
 ARGS = [a for kv in TINY for a in ("--set", kv)] + ["--cpus", "2"]
 OBJECTIVE = "val/Non0_F1_score/objective"
 BEST = "best/" + OBJECTIVE
@@ -49,10 +48,7 @@ N_TRIALS, MAX_EPOCHS, NAN_TRIAL = 4, 2, 2
 # ---------------------------------------------------------------------------------------------- helpers
 
 def study_env(cwd: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
-    env.update(PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1",
-               RAY_USAGE_STATS_ENABLED="0", **{MARK: str(cwd)})
-    return env
+    return subprocess_env(**{MARK: str(cwd)})  # the marker finds every process the study leaves
 
 
 def marked_pids(cwd: Path) -> list[int]:
