@@ -36,11 +36,17 @@ class DataConfig(_Section):
     label_column: str = "label"
     split_column: str = "mode"
     max_tokens: int = Field(50, ge=4, le=512)  # text truncated/padded to this many tokens (MMSA: 50)
+    # transcripts only: a parquet of one audio vector per utterance (`id` + audio_dim feature columns),
+    # joined to the CSV by id; the data then carries (l, a), audio one frame per utterance (fsrf.readers).
+    audio_path: str | None = None
+    audio_dim: int = Field(73, ge=1)  # feature columns audio_path must have (73: shared MOSI audio.parquet)
 
     @model_validator(mode="after")
     def _path_needed(self) -> "DataConfig":
         if self.source != "synthetic" and not self.path:
             raise ValueError(f"data.path is required for data.source={self.source}")
+        if self.audio_path and self.source != "transcripts":
+            raise ValueError(f"data.audio_path is read with data.source=transcripts only, got {self.source}")
         return self
 
 
@@ -174,6 +180,10 @@ class EvalConfig(_Section):
     # on the same masks; frozen encoder only. The former `unk_curve` (which added [UNK] beside zeroed
     # intra points) is read as this field: both asked for the two ways to lose a word.
     zeroed_curve: bool = False
+    # Test protocol: a leakage floor per missing-modality Table I condition and modality present in it,
+    # that modality's features permuted across test samples, lengths and masks kept (la_shuffled_a, ...;
+    # fsrf.protocol.Shuffled). A score that survives the shuffle comes from something other than content.
+    shuffled_floor: bool = False
     # Test protocol, two or more modalities: one condition per (l, a, v) triple, each modality dropped
     # at its own rate (rates_l0.9_a0.3_v0.3, ...); rates in 0, 0.1, .., 1.0 (they reuse the masks of the
     # per-modality curves). Default: each modality in turn mostly lost, the other two lightly damaged.

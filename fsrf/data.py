@@ -1,7 +1,8 @@
 """Datasets for FSRF: one in-memory ``Split`` type and one loader interface over three sources.
 
 Sources (SPEC section 1): ``synthetic`` (the default, generated here), ``mmsa`` (the field's pickles,
-read by ``fsrf.readers``) and ``transcripts`` (a CSV of real utterances, also in ``fsrf.readers``).
+read by ``fsrf.readers``) and ``transcripts`` (a CSV of real utterances, also in ``fsrf.readers``; with
+``data.audio_path`` also one real audio vector per utterance, so (l, a)).
 
 Axis legend: N samples, T_m frames (tokens for text) of modality m, d_m feature width.
 """
@@ -195,7 +196,8 @@ def load_dataset(data: DataConfig) -> dict[str, Split]:
         return readers.read_mmsa(data.path, trust_pickle=data.trust_pickle)
     if data.source == "transcripts":
         return readers.read_transcripts(data.path, text_column=data.text_column, label_column=data.label_column,
-                                        split_column=data.split_column)
+                                        split_column=data.split_column, audio_path=data.audio_path,
+                                        audio_dim=data.audio_dim)
     raise ValueError(f"data.source must be synthetic, mmsa or transcripts, got {data.source!r}")
 
 

@@ -23,6 +23,13 @@ data, mask seed, condition) and cached on disk (``fsrf.text.FrozenText``); the s
 ``intra_p``, but the complete utterance is encoded and the dropped tokens' states are zeroed, so the kept
 states still carry the dropped words (frozen encoder only). Audio and visual frames are zeroed in both.
 
+A leakage floor (extension, ``eval.shuffled_floor``): a ``Shuffled`` control scores a Table I condition
+with one present modality's features permuted across the split's samples, each sample keeping its own
+valid mask and length (``la_shuffled_a``); what survives is what the model gets from that modality
+without its content. On a sound model and data where the modality carries nothing about the label
+beyond its content, the score falls to what the other present modalities give (chance for a
+one-modality condition); a score that stays up means the length or padding leaks (``shuffled_floor``).
+
 Scoring: ``evaluate`` gives every metric under a list of conditions as flat
 ``<prefix>/<metric>/<condition name>`` numbers, with the summaries of ``summarise``; ``representations``
 scores one condition; ``predict`` scores a bare ``View`` (which says which positions are lost, not how:
@@ -34,6 +41,7 @@ D its width; 3 modalities in the fixed order (l, a, v) of ``fsrf.MODALITIES``.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -264,8 +272,9 @@ def modality_curve(m: str) -> tuple[Condition, ...]:
 
 
 def complete_condition(modalities: Sequence[str]) -> Condition:
-    """The complete-input condition reported beside the objective: ``lav``, or ``l`` unless all three."""
-    return TABLE[-1] if len(modalities) == 3 else TABLE[0]
+    """The complete-input condition reported beside the objective: every modality the data has present
+    (``lav``; ``la`` for text with audio; ``l`` for text alone)."""
+    return Condition("table", present=tuple(modalities))
 
 
 def _check_modalities(modalities: Sequence[str]) -> None:
@@ -319,8 +328,10 @@ def summarise(per_cond: dict[Condition, dict[str, float]], *, prefix: str,
     ``intra_avg``: mean over the ten ``INTRA`` points (all must be given); ``burst_avg``: over the burst
     conditions given; ``intra_<m>_avg``: over modality m's curve, ``zeroed_avg`` over ``ZEROED``, when all
     ten are given; with all three
-    modalities ``avg_missing`` over ``MISSING``; ``objective`` (what selection and tuning read): over
-    ``TABLE`` and ``INTRA``, or ``l`` and ``INTRA`` unless the data has all three modalities.
+    modalities ``avg_missing`` over ``MISSING`` (the paper's six; data with two modalities has none: a
+    mean over its two would read as Table I's and is not one); ``objective`` (what selection and tuning
+    read): over the Table I conditions the data has and ``INTRA`` (``TABLE``; ``l``, ``a``, ``la`` for
+    text with audio; ``l`` for text alone).
     """
     missing = [c.name for c in INTRA if c not in per_cond]
     if missing:
@@ -338,13 +349,104 @@ def summarise(per_cond: dict[Condition, dict[str, float]], *, prefix: str,
         groups["zeroed_avg"] = list(ZEROED)
     if len(modalities) == 3:
         groups["avg_missing"] = list(MISSING)
-        groups[OBJECTIVE_CONDITION] = list(TABLE) + list(INTRA)
-    else:
-        groups[OBJECTIVE_CONDITION] = [TABLE[0]] + list(INTRA)
+    groups[OBJECTIVE_CONDITION] = [c for c in TABLE if c.applies_to(modalities)] + list(INTRA)
     for metric in next(iter(per_cond.values())):
         for name, conds in groups.items():
             flat[f"{prefix}/{metric}/{name}"] = float(np.mean([per_cond[c][metric] for c in conds]))
     return flat
+
+
+@dataclass(frozen=True)
+class Shuffled:
+    """A leakage control: Table I ``condition`` scored with ``modality``'s features permuted across samples.
+
+    Sample i reads the features of sample perm[i] of that modality under its own valid mask: its length
+    and padding stay, and its valid positions are filled with perm[i]'s valid frames (tokens) in order,
+    repeated from the start where sample i is the longer (``shuffle_modality``), so only the content
+    moves. Repeating, rather than reading perm[i]'s padding there, matters: zeros in place of content
+    would scale a mean by len(perm[i]) / len(i), and so let sample i's own length back into the score. The permutation depends on (seed, modality) alone
+    (``shuffle_permutation``): every condition and every model sees the same one. The name,
+    ``<condition>_shuffled_<modality>`` (``la_shuffled_a``), is one segment, so that a
+    ``test/<metric>/<name>`` metric is never read as the unshuffled condition's; it is only written.
+    """
+
+    condition: Condition
+    modality: str
+
+    def __post_init__(self) -> None:
+        if self.condition.kind != "table":
+            raise ValueError(f"Shuffled.condition must be a Table I condition, got {self.condition.name!r}")
+        if self.modality not in self.condition.present:
+            raise ValueError(f"Shuffled.modality must be present in {self.condition.name!r}, got {self.modality!r}")
+
+    @property
+    def name(self) -> str:
+        return f"{self.condition.name}_shuffled_{self.modality}"
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def shuffled_controls(modalities: Sequence[str]) -> list[Shuffled]:
+    """The leakage controls of data carrying ``modalities``: for each missing-modality Table I condition
+    it has (``MISSING``; with text alone, ``l``) and each modality present in it, in Table I order."""
+    _check_modalities(modalities)
+    return [Shuffled(c, m) for c in MISSING if c.applies_to(modalities) for m in c.present]
+
+
+_SHUFFLE_INDEX = 900  # mask seeds use seed * 1000 + [0, 600); the permutations take 900 + k for modality k
+
+
+def shuffle_permutation(n: int, modality: str, *, seed: int) -> Tensor:
+    """The fixed permutation (n,) int64 of a ``Shuffled`` control of ``modality``: seeded by seed * 1000 +
+    900 + its index in (l, a, v), so it depends on (seed, modality, n) only, like a condition's mask."""
+    _check_seed(seed)
+    if modality not in MODALITIES:
+        raise ValueError(f"modality must be one of {MODALITIES}, got {modality!r}")
+    gen = torch.Generator().manual_seed(seed * 1000 + _SHUFFLE_INDEX + MODALITIES.index(modality))
+    return torch.randperm(n, generator=gen)
+
+
+def shuffle_modality(data: SplitTensors, modality: str, *, seed: int) -> SplitTensors:
+    """A copy of ``data`` whose ``modality`` features (cached text states or token ids, audio or vision
+    frames) are permuted across samples by ``shuffle_permutation``; every valid mask, the labels and the
+    other modalities stay. Valid position t of sample i reads valid frame t mod len(perm[i]) of sample
+    perm[i] (valid positions are a prefix of each row); padding keeps sample i's own values. The copy
+    has no word-drop encoder (``words``): Table I conditions drop none."""
+    field = {"l": "text", "a": "audio", "v": "vision"}[modality]
+    feats, valid = getattr(data.inputs, field), getattr(data.inputs, f"{field}_valid")
+    if feats is None:
+        raise ValueError(f"the split has no {field} to shuffle")
+    perm = shuffle_permutation(len(data), modality, seed=seed)  # (N,)
+    donor_len = valid[perm].sum(1).clamp(min=1)  # (N,)
+    t = torch.arange(valid.shape[1])[None, :] % donor_len[:, None]  # (N, T) donor frame per position
+    moved = feats[perm[:, None], t]  # (N, T, d), or (N, T) token ids
+    keep = valid if moved.ndim == 2 else valid[..., None]
+    inputs = dataclasses.replace(data.inputs, **{field: torch.where(keep, moved, feats)})
+    return dataclasses.replace(data, inputs=inputs, words=None, patterns=None)
+
+
+def shuffled_floor(model: FSRF, data: SplitTensors, controls: Sequence[Shuffled], *, modalities: tuple[str, ...],
+                   seed: int, batch_size: int, prefix: str) -> dict[str, float]:
+    """Every metric under each leakage control (``Shuffled``), flat ``<prefix>/<metric>/<control name>``.
+
+    Compare ``test/Non0_F1_score/la_shuffled_a`` with ``test/Non0_F1_score/la`` (what the audio content
+    adds) and with ``l`` (what the model would get without audio); a one-modality control
+    (``a_shuffled_a``) above chance is a leak. One data copy per shuffled modality, scored by
+    ``_scores`` under the controls' Table I conditions (``seed`` is the eval mask seed).
+    """
+    out: dict[str, float] = {}
+    for m in MODALITIES:
+        mine = [c for c in controls if c.modality == m]
+        if not mine:
+            continue
+        shuffled = shuffle_modality(data, m, seed=seed)
+        preds = _scores(model, shuffled, [c.condition for c in mine], modalities=modalities, mask_seed=seed,
+                        batch_size=batch_size)
+        for c in mine:
+            for k, v in sentiment_metrics(preds[c.condition].numpy(), data.labels.numpy()).items():
+                out[f"{prefix}/{k}/{c.name}"] = v
+    return out
 
 
 # ---------------------------------------------------------------- scoring a model

@@ -50,6 +50,7 @@ NPZ_FORMAT = "fsrf-mmsa-npz/1"
 AUDIO_DIMS = (5, 74)  # MMSA's MOSI files carry 5 COVAREP features, MOSEI 74
 VISION_DIMS = (20, 35)  # MMSA's MOSI files carry 20 Facet features, MOSEI 35
 LABEL_RANGE = (-3.0, 3.0)
+UTTERANCE_AUDIO_DIM = 73  # the shared MOSI audio.parquet: 73 utterance-level acoustic features
 CSV_SPLIT_NAMES = {"train": "train", "dev": "valid", "valid": "valid", "test": "test"}
 _PICKLE_SUFFIXES = (".pkl", ".pickle")
 _BLOCK = 1024  # samples per block when cleaning features, so the mask of a 5 GB array stays small
@@ -262,14 +263,21 @@ def read_transcripts(
     text_column: str = "text",
     label_column: str = "label",
     split_column: str = "mode",
+    audio_path: str | os.PathLike | None = None,
+    audio_dim: int = UTTERANCE_AUDIO_DIM,
 ) -> dict[str, Split]:
-    """Read a CSV of real utterances (one row each: text, label, split) into three text-only splits.
+    """Read a CSV of real utterances (one row each: text, label, split) into three splits.
 
     Split names ``train``, ``dev`` or ``valid`` (both map to "valid"), ``test``; anything else is an
     error that lists the unknown names. Rows keep the file's order within a split. Ids come from an
     ``id`` column, else ``video_id`` and ``clip_id`` joined by ``$_$`` (MMSA's convention, the MOSEI
-    file), else the row number. Audio and vision are None, so only the ``l`` condition applies. Every
-    cell is read as text first, so ids such as ``007`` keep their zeros; an empty text is an error.
+    file), else the row number. Every cell is read as text first, so ids such as ``007`` keep their
+    zeros; an empty text is an error.
+
+    Without ``audio_path`` audio and vision are None: text only, so only the ``l`` condition applies.
+    With it, ``read_utterance_audio`` joins one feature vector per utterance to the CSV by id (the
+    shared MOSI ``audio.parquet``), each split's audio a sequence of one frame, (N, 1, audio_dim) with
+    lengths 1: the data then carries (l, a).
     """
     path = Path(path)
     where = str(path)
@@ -310,8 +318,12 @@ def read_transcripts(
     elif "video_id" in df.columns and "clip_id" in df.columns:
         ids = (df["video_id"].fill_null("") + "$_$" + df["clip_id"].fill_null("")).to_list()
     else:
+        if audio_path is not None:
+            raise InputError(where, "id", "no id column (nor video_id and clip_id) to join the audio features "
+                                          f"of {audio_path} by; the file has: {', '.join(df.columns)}")
         ids = [str(i) for i in range(df.height)]
     text_list = texts.to_list()
+    audio = None if audio_path is None else read_utterance_audio(audio_path, ids, dim=audio_dim, csv=where)
 
     out = {}
     for name in SPLITS:
@@ -325,7 +337,78 @@ def read_transcripts(
             labels=labels[rows].astype(np.float32),
             ids=[ids[i] for i in rows],
         )
+        if audio is not None:
+            out[name].audio = np.ascontiguousarray(audio[rows][:, None, :])  # (N_split, 1, d_a): one frame
+            out[name].audio_lengths = np.ones(len(rows), dtype=np.int64)
+    if audio is not None:
+        _standardise(out, "audio")
     return out
+
+
+def read_utterance_audio(
+    path: str | os.PathLike, ids: list[str], *, dim: int = UTTERANCE_AUDIO_DIM, csv: str = "the CSV"
+) -> np.ndarray:
+    """One audio feature vector per id of ``ids``, (N, dim) float32, from a parquet of utterance vectors.
+
+    The file (the shared MOSI ``audio.parquet``) has an ``id`` column and ``dim`` numeric feature
+    columns (every other column, in the file's order); one row per id, extra rows ignored. Refused
+    with one ``InputError`` line naming the file and the field: no ``id`` column, an empty or
+    duplicated id, a feature column that is not numeric, a number of feature columns other than
+    ``dim``, or ids of ``csv`` absent from the file (how many, and one). Non-finite values are
+    replaced by 0 and counted in one warning (SPEC section 1). Values are returned as stored; the
+    transcript reader then standardises them (``_standardise``).
+    """
+    path = Path(path)
+    where = str(path)
+    _require_file(path)
+    try:
+        df = pl.read_parquet(path)
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        raise InputError(where, None, f"not a readable parquet file ({_describe(exc)})") from exc
+    if "id" not in df.columns:
+        raise InputError(where, "id", f"no such column; the file has: {_abbreviate(df.columns)}")
+    columns = [c for c in df.columns if c != "id"]
+    for c in columns:
+        if not df[c].dtype.is_numeric():
+            raise InputError(where, c, f"expected numbers, got dtype {df[c].dtype}")
+    if len(columns) != dim:
+        raise InputError(where, "features", f"{len(columns)} feature columns besides id, expected {dim} "
+                                            "(data.audio_dim)")
+    file_ids = df["id"].cast(pl.String)
+    if file_ids.null_count() or (file_ids == "").any():
+        row = int(np.argmax((file_ids.is_null() | (file_ids == "")).fill_null(True).to_numpy()))
+        raise InputError(where, "id", f"empty id at row {row} (rows from 0)")
+    duplicated = file_ids.is_duplicated()
+    if duplicated.any():
+        n_dup = file_ids.filter(duplicated).n_unique()
+        raise InputError(where, "id", f"{n_dup} ids occur more than once, e.g. {file_ids.filter(duplicated)[0]!r}")
+    row_of = {i: r for r, i in enumerate(file_ids.to_list())}
+    absent = [i for i in ids if i not in row_of]
+    if absent:
+        raise InputError(where, "id", f"{len(absent)} of the {len(ids)} ids of {csv} are absent, "
+                                      f"e.g. {absent[0]!r}")
+    feats = df.select(columns).to_numpy().astype(np.float32)  # (rows of the file, dim)
+    _replace_non_finite(where, f"{columns[0]}..{columns[-1]}", feats)
+    return np.ascontiguousarray(feats[[row_of[i] for i in ids]])  # (N, dim), in the order of ids
+
+
+def _standardise(splits: dict[str, Split], key: str) -> None:
+    """Z-score each feature of ``key`` in place with the training split's mean and std over valid frames.
+
+    Raw utterance features differ in scale by four orders of magnitude (the shared MOSI file: pitch
+    near 200, many columns below 0.1, some constant), which a Transformer input layer reads badly.
+    Training statistics only, so validation and test leak nothing; a constant feature becomes 0. The
+    model sees an absent or dropped frame as zeros: after this, the mean frame.
+    """
+    train = splits["train"]
+    valid = np.arange(getattr(train, key).shape[1])[None, :] < getattr(train, f"{key}_lengths")[:, None]  # (N, T)
+    frames = getattr(train, key)[valid]  # (frames, d)
+    mean, std = frames.mean(0), frames.std(0)
+    scale = np.where(std > 0, std, 1.0)
+    for split in splits.values():
+        feats = getattr(split, key)
+        mask = np.arange(feats.shape[1])[None, :] < getattr(split, f"{key}_lengths")[:, None]
+        feats[mask] = ((feats[mask] - mean) / scale).astype(np.float32)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -408,6 +491,10 @@ def _require_file(path: Path) -> None:
 def _describe(exc: BaseException) -> str:
     """An exception as one line, so that every InputError message stays on one line."""
     return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+
+
+def _abbreviate(names: list[str], k: int = 6) -> str:
+    return ", ".join(names[:k]) + (f", ... ({len(names)} columns)" if len(names) > k else "")
 
 
 def _names(mapping: dict) -> str:

@@ -5,10 +5,10 @@ the metrics; a caller that wants per-epoch reports or checkpoints passes ``repor
 
 Checkpoint selection (one rule for every run, ``fsrf.protocol.SELECTION_RULE``): the epoch with the best
 validation objective, the mean ``Non0_F1_score`` over the seven Table I conditions and the ten intra-curve
-points (text-only data: ``l`` and the ten token-drop points). Test metrics are computed once, for that
-epoch only, and add the burst curve and the per-modality conditions (``intra_<m>_<p>``, ``rates_...``)
-that the objective never reads. The conditions and how a model is scored under them live in
-``fsrf.protocol``.
+points (data with fewer modalities: the Table I conditions it has, ``l`` alone for text). Test metrics
+are computed once, for that epoch only, and add the burst curve and the per-modality conditions
+(``intra_<m>_<p>``, ``rates_...``) that the objective never reads. The conditions and how a model is
+scored under them live in ``fsrf.protocol``.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from fsrf.model import FSRF, Inputs
 if TYPE_CHECKING:
     from fsrf.text import FrozenText
 from fsrf.protocol import (HEADLINE, OBJECTIVE, ZEROED, complete_condition, conditions_for, evaluate,
-                           per_modality_conditions)
+                           per_modality_conditions, shuffled_controls, shuffled_floor)
 
 
 @dataclass
@@ -331,10 +331,14 @@ def fit(cfg: RunConfig, *, prep: Prepared | None = None, report: Report | None =
     seed_everything(cfg.seed)
     prep = prep or prepare(cfg)
     notes = []
-    if len(prep.modalities) < 3:
+    if len(prep.modalities) == 1:
         notes.append(f"data has only {'+'.join(prep.modalities)}: Table I conditions other than 'l' and "
                      "avg_missing are not evaluated; eq (1) and the pairwise part of eq (2) need two or more "
                      "modalities and are zero")
+    elif len(prep.modalities) < 3:
+        have = [c.name for c in conditions_for(prep.modalities, burst=False) if c.kind == "table"]
+        notes.append(f"data has only {'+'.join(prep.modalities)}: of Table I only {', '.join(have)} are "
+                     "evaluated, and avg_missing (the mean over the paper's six) is not")
     device = torch.device("cuda" if cfg.train.use_gpu and torch.cuda.is_available() else "cpu")
     model = build_model(cfg, prep).to(device)
     # Data parallelism for whoever started a process group (Ray Train, torchrun); the loop needs no Ray.
@@ -462,6 +466,10 @@ def fit(cfg: RunConfig, *, prep: Prepared | None = None, report: Report | None =
     if evaluate_test:
         test = evaluate(model, prep.splits["test"], full_conditions, modalities=prep.modalities,
                         mask_seed=cfg.eval.mask_seed, batch_size=cfg.eval.batch_size, prefix="test")
+        if cfg.eval.shuffled_floor:  # leakage floor: each present modality's content permuted (protocol.Shuffled)
+            test.update(shuffled_floor(model, prep.splits["test"], shuffled_controls(prep.modalities),
+                                       modalities=prep.modalities, seed=cfg.eval.mask_seed,
+                                       batch_size=cfg.eval.batch_size, prefix="test"))
     # The selected epoch's validation metrics, now with the burst curve and the per-modality conditions
     # that per-epoch validation skips.
     val = evaluate(model, valid, full_conditions, modalities=prep.modalities, mask_seed=cfg.eval.mask_seed,
