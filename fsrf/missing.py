@@ -117,22 +117,30 @@ def burst_drop(valid: Tensor, p: float | Tensor, *, generator: torch.Generator) 
     return (valid_cpu & block).to(valid.device)
 
 
-def _subset_probs(rate: float) -> Tensor:
+def _subset_probs(rate: float, available: Sequence[str] = MODALITIES) -> Tensor:
     """P(present set = S) for the 7 non-empty sets, each modality missing w.p. ``rate``, given >= 1 survives.
 
+    Only sets made of ``available`` modalities (those the dataset has) get mass: a modality the data
+    lacks is never "present", so its survival cannot satisfy "at least one survives" (a text-only view
+    always keeps its text). With all three available this is the plain product over (l, a, v).
     At rate = 1 every product is 0; we use the limit rate -> 1, where single-modality sets dominate
-    ((1 - r) r^2 against (1 - r)^2 r for pairs): uniform over the three single-modality sets.
+    ((1 - r) r^2 against (1 - r)^2 r for pairs): uniform over the available single-modality sets.
     """
+    has = torch.tensor([m in available for m in MODALITIES])  # (3,)
+    allowed = ~(_SUBSETS & ~has).any(1)  # (7,) sets inside the available modalities
     if rate == 1.0:
-        weights = (_SUBSETS.sum(1) == 1).double()
+        weights = ((_SUBSETS.sum(1) == 1) & allowed).double()
     else:
         present = _SUBSETS.double()  # (7, 3)
-        weights = (present * (1.0 - rate) + (1.0 - present) * rate).prod(1)  # (7,)
+        factors = present * (1.0 - rate) + (1.0 - present) * rate  # (7, 3)
+        # an unavailable modality contributes no factor (it is absent with certainty)
+        weights = torch.where(has, factors, torch.ones_like(factors)).prod(1) * allowed  # (7,)
     return weights / weights.sum()
 
 
 def sample_presence(
-    n: int, *, rate: float, overlap: float | None = None, generator: torch.Generator
+    n: int, *, rate: float, overlap: float | None = None, generator: torch.Generator,
+    available: Sequence[str] = MODALITIES,
 ) -> tuple[Tensor, Tensor]:
     """Present-modality sets of the two MRM views S_p and S_q, each row keeping at least one modality.
 
@@ -142,6 +150,7 @@ def sample_presence(
     the q view copies p's set, otherwise q is drawn from the same distribution restricted to the sets
     different from p's (renormalised), so o is exactly P(same set). If p's set is the only one with
     positive probability (rate = 0: all present) there is nothing different to draw and q copies it.
+    ``available``: the modalities the dataset has; sets are drawn among them only (``_subset_probs``).
     Returns (present_p, present_q), each (n, 3) bool.
     """
     _check_rate("rate", rate)
@@ -151,7 +160,7 @@ def sample_presence(
         raise ValueError(f"n must be >= 0, got {n}")
     if n == 0:  # multinomial refuses to draw nothing
         return _SUBSETS[:0], _SUBSETS[:0]
-    probs = _subset_probs(rate)  # (7,)
+    probs = _subset_probs(rate, available)  # (7,)
     idx_p = torch.multinomial(probs, n, replacement=True, generator=generator)  # (n,)
     if overlap is None:
         idx_q = torch.multinomial(probs, n, replacement=True, generator=generator)
@@ -168,7 +177,8 @@ def sample_presence(
 
 def mrm_views(
     valid: Sequence[Tensor], *, rate: float, overlap: float | None = None,
-    modality_scale: Sequence[float] = (1.0, 1.0, 1.0), generator: torch.Generator
+    modality_scale: Sequence[float] = (1.0, 1.0, 1.0), generator: torch.Generator,
+    available: Sequence[str] = MODALITIES,
 ) -> tuple[View, View]:
     """The Modality Random Missing (MRM) strategy: two randomly incomplete views of one training batch.
 
@@ -187,6 +197,7 @@ def mrm_views(
     ``modality_scale`` (l, a, v) multiplies ``rate`` in the intra draw of each modality: modality m is
     given a drop ratio with probability rate * scale_m (scale 0: its positions are never dropped, though
     it may still be absent as a whole); presence is not scaled. All 1 is the plain MRM, draw for draw.
+    ``available``: the modalities the dataset has (``sample_presence``); all three draw exactly as before.
     """
     if len(valid) != 3:
         raise ValueError(f"valid must hold 3 masks (l, a, v), got {len(valid)}")
@@ -197,7 +208,8 @@ def mrm_views(
     for m, r in zip(MODALITIES, intra_rate):
         _check_rate(f"rate * modality_scale[{m}]", r)
     batch = valid[0].shape[0]
-    present_p, present_q = sample_presence(batch, rate=rate, overlap=overlap, generator=generator)
+    present_p, present_q = sample_presence(batch, rate=rate, overlap=overlap, generator=generator,
+                                           available=available)
     views = []
     for present in (present_p, present_q):
         drops = []

@@ -212,6 +212,7 @@ def train_losses(cfg: RunConfig, model: torch.nn.Module, x: Inputs, y: torch.Ten
     valid = x.valid()
     scale = cfg.missing.modality_scale
     vp, vq = mrm_views(valid, rate=rate, overlap=cfg.missing.overlap, modality_scale=(scale.l, scale.a, scale.v),
+                       available=getattr(model, "module", model).modalities,
                        generator=generator)
     present = torch.cat([vp.present, vq.present])  # (2B, 3)
     zeroed = tuple(torch.cat(pair) for pair in zip(zeroed_masks(vp, valid), zeroed_masks(vq, valid)))
@@ -385,7 +386,7 @@ def fit(cfg: RunConfig, *, prep: Prepared | None = None, report: Report | None =
     # (not under DDP: autograd.grad outside backward would confuse its gradient reducer).
     health_on = cfg.eval.health_every > 0
     if health_on:
-        health_views = mrm_views(valid.inputs.valid(), rate=0.5,
+        health_views = mrm_views(valid.inputs.valid(), rate=0.5, available=prep.modalities,
                                  generator=torch.Generator().manual_seed(cfg.eval.mask_seed))
     for epoch in range(first_epoch, cfg.train.epochs):
         t0 = time.time()

@@ -444,3 +444,36 @@ def test_view_refuses_wrong_shapes():
         View(present=torch.ones(4, 2, dtype=torch.bool), drop=(torch.zeros(4, 3, dtype=torch.bool),) * 3)
     with pytest.raises(ValueError):
         View(present=torch.ones(4, 3, dtype=torch.bool), drop=(torch.zeros(5, 3, dtype=torch.bool),) * 3)
+
+
+# ------------------------------------------------------------------------------------------------
+# MRM on data with fewer than three modalities: sets are drawn among the modalities the data has
+
+
+@pytest.mark.parametrize("rate", [0.0, 0.3, 0.5, 1.0])
+def test_presence_is_drawn_among_the_available_modalities(rate):
+    from fsrf.missing import _subset_probs
+
+    three = _subset_probs(rate)
+    present = torch.tensor([[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0], [1, 0, 1], [0, 1, 1], [1, 1, 1]]).double()
+    if rate < 1:  # the plain product over (l, a, v), exactly as before
+        plain = (present * (1 - rate) + (1 - present) * rate).prod(1)
+        assert torch.equal(three, plain / plain.sum())
+    # text only: the one set {l}, whatever the rate (a view never loses its only modality)
+    assert _subset_probs(rate, ("l",)).tolist() == [1.0, 0, 0, 0, 0, 0, 0]
+    # l and a: P(l) = P(a) = (1 - r) r, P(la) = (1 - r)^2, renormalised; the limit r -> 1 splits l / a
+    two = _subset_probs(rate, ("l", "a"))
+    if rate == 1.0:
+        expected = [0.5, 0.5, 0, 0, 0, 0, 0]
+    else:
+        w = [(1 - rate) * rate, (1 - rate) * rate, (1 - rate) ** 2]
+        expected = [w[0] / sum(w), w[1] / sum(w), 0, w[2] / sum(w), 0, 0, 0]
+    assert two.tolist() == pytest.approx(expected, abs=1e-15)
+
+
+def test_text_only_views_always_keep_the_text():
+    valid = (torch.ones(200, 5, dtype=torch.bool), torch.zeros(200, 1, dtype=torch.bool),
+             torch.zeros(200, 1, dtype=torch.bool))
+    vp, vq = mrm_views(valid, rate=0.9, generator=torch.Generator().manual_seed(0), available=("l",))
+    assert vp.present[:, 0].all() and vq.present[:, 0].all()
+    assert not vp.present[:, 1:].any() and not vq.present[:, 1:].any()
