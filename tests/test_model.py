@@ -314,7 +314,7 @@ def test_absent_modality_is_one_fixed_vector_whatever_its_values_and_length(m, t
     assert torch.equal(_forward(model, y, none).h[:, k], h[:1].expand(B, -1))
 
 
-@pytest.mark.parametrize("overrides", [[], ["model.dhf=false"], ["model.dhf=false", "model.fusion=late"]],
+@pytest.mark.parametrize("overrides", [[], ["model.dhf=false"], ["model.dhf=false", "model.das=false", "model.fusion=late"]],
                          ids=["full", "early", "late"])
 def test_every_parameter_is_in_the_graph_when_a_modality_is_absent_from_the_whole_batch(overrides):
     """DistributedDataParallel (without find_unused_parameters) needs a gradient, possibly zero, for
@@ -340,16 +340,19 @@ def test_live_encoder_absent_text_ignores_its_length(tiny_bert):
 @pytest.mark.parametrize("fusion", ["early", "late"])
 @pytest.mark.parametrize("m", MODALITIES)
 def test_evaluate_scores_a_condition_without_m_the_same_whatever_m_holds(m, fusion):
-    """Through the evaluation protocol (``_scores`` and ``evaluate``): every Table I condition without m
-    scores identically when m's stored values and lengths change; one with m does not."""
-    from fsrf.protocol import TABLE, _scores, evaluate
+    """Through the evaluation protocol's scoring (``_scores``, which ``evaluate`` summarises): every
+    Table I condition without m scores identically when m's stored values and lengths change; one with
+    m does not."""
+    from fsrf.protocol import TABLE, _scores
     from fsrf.train import SplitTensors
 
-    model = make_model("model.dhf=false", f"model.fusion={fusion}")
+    model = make_model("model.dhf=false", "model.das=false", f"model.fusion={fusion}")
     x = make_inputs()
     labels = torch.linspace(-2.5, 2.5, B)
     data, other = SplitTensors(x, labels), SplitTensors(_redraw(x, m, OTHER_LENGTHS[m]), labels)
-    conditions = conditions_for(MODALITIES, burst=False)
+    # Table I's conditions: the intra points would need the frozen encoder to re-encode dropped words
+    # (SplitTensors.words), which these hand-made inputs do not carry; absence is what this test is about.
+    conditions = list(TABLE)
     kw = dict(modalities=MODALITIES, mask_seed=0, batch_size=4)  # two batches, the second partial
     base, changed = _scores(model, data, conditions, **kw), _scores(model, other, conditions, **kw)
     without = [c for c in TABLE if m not in c.present]
@@ -358,9 +361,6 @@ def test_evaluate_scores_a_condition_without_m_the_same_whatever_m_holds(m, fusi
             assert torch.equal(changed[cond], base[cond]), cond
         else:
             assert not torch.allclose(changed[cond], base[cond], atol=1e-3), cond
-    metrics = [evaluate(model, d, conditions, prefix="val", **kw) for d in (data, other)]
-    names = [k for k in metrics[0] if k.rsplit("/", 1)[1] in {c.name for c in without}]
-    assert len(names) == 3 * 8 and all(metrics[0][k] == metrics[1][k] for k in names)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -371,7 +371,7 @@ PRESENT = torch.tensor([[1, 1, 1], [1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 0, 1], [
 
 
 def test_late_fusion_is_the_mean_of_the_present_modalities_head_scores():
-    model = make_model("model.dhf=false", "model.fusion=late")
+    model = make_model("model.dhf=false", "model.das=false", "model.fusion=late")
     assert not hasattr(model, "head") and not hasattr(model, "fuse") and set(model.heads) == set(MODALITIES)
     x = make_inputs()
     out = _forward(model, x, PRESENT)
@@ -398,7 +398,7 @@ def test_late_fusion_one_modality_condition_is_that_modality_head_alone():
     from fsrf.protocol import _scores
     from fsrf.train import SplitTensors
 
-    model = make_model("model.dhf=false", "model.fusion=late")
+    model = make_model("model.dhf=false", "model.das=false", "model.fusion=late")
     x = make_inputs()
     scores = _scores(model, SplitTensors(x, torch.zeros(B)), list(MISSING), modalities=MODALITIES, mask_seed=0,
                      batch_size=4)
@@ -413,7 +413,9 @@ def test_config_refuses_late_fusion_with_dhf():
 
     with pytest.raises(InputError, match="model.fusion = 'late' needs model.dhf = false"):
         load_config(None, ["model.fusion=late"])
-    assert load_config(None, ["model.fusion=late", "model.dhf=false"]).model.fusion == "late"
+    with pytest.raises(InputError, match="model.fusion = 'late' needs model.das = false"):
+        load_config(None, ["model.fusion=late", "model.dhf=false"])
+    assert load_config(None, ["model.fusion=late", "model.dhf=false", "model.das=false"]).model.fusion == "late"
 
 
 def test_late_fusion_task_loss_is_each_predictor_own_mse():
