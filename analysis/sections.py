@@ -466,7 +466,7 @@ def references_section(rep: Report, t1: pl.DataFrame | None, metric: str, datase
     rep.section(
         "references", f"Honest references: the paper's {{l}} values on {dataset.upper()}",
         f'<p class="note"><b>{esc(tables.PAPER_CAVEAT[0].upper() + tables.PAPER_CAVEAT[1:])}.</b></p>',
-        f"<p>The paper's Table I reports, for language alone (<code>{{l}}</code>), "
+        "<p>The paper's Table I reports, for language alone (<code>{l}</code>), "
         + "; ".join(f"{esc(k)} {100 * v:.2f}" for k, v in references.items())
         + f" in percent of Non0 F1 on {esc(dataset.upper())}. They are drawn as short marks at p = 0 on the curves "
         "figure and listed here beside this study's measured <code>{l}</code> scores only as context: the paper "

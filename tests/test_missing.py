@@ -6,10 +6,7 @@ deterministic, yet any wrong probability of the size that matters here moves the
 
 import itertools
 import math
-import os
 import re
-import subprocess
-import sys
 
 import pytest
 import torch

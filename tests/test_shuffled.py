@@ -121,7 +121,7 @@ def test_floor_stays_up_for_a_model_that_reads_the_length():
 
 def test_floor_falls_to_chance_for_a_model_that_reads_the_content():
     floor, plain = floor_and_plain("content")
-    assert plain[f"test/Corr/a"] > 0.99 and plain[f"test/{HEADLINE}/a"] > 0.95
+    assert plain["test/Corr/a"] > 0.99 and plain[f"test/{HEADLINE}/a"] > 0.95
     for cond in ("a", "la"):
         # N = 2000 independent pairs: |Corr| of unrelated scores exceeds 0.1 with probability < 1e-5
         assert abs(floor[f"test/Corr/{cond}_shuffled_a"]) < 0.1
