@@ -9,6 +9,7 @@ between sessions; without it every session caches into a fresh temporary folder.
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import sys
@@ -87,3 +88,22 @@ def tiny_bert_dir(tmp_path_factory) -> Path:
     for name in TOKENIZER_FILES:
         shutil.copy(minilm_path() / name, folder / name)
     return folder
+
+
+# -- the statistical mask tests' helpers (test_missing.py, test_protocol.py) -----------------------------
+
+Z = 5.0  # tolerance in standard deviations
+
+
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def prefix_valid(batch: int, steps: int, *, low: int, seed: int) -> torch.Tensor:
+    """(B, T) right-padded mask with lengths uniform in [low, steps]."""
+    lengths = torch.randint(low, steps + 1, (batch,), generator=gen(seed))
+    return torch.arange(steps)[None, :] < lengths[:, None]
+
+
+def binomial_tol(p: float, n: int) -> float:
+    return Z * math.sqrt(p * (1 - p) / n)

@@ -24,21 +24,7 @@ from fsrf.missing import (
     zeroed_masks,
 )
 
-Z = 5.0  # tolerance in standard deviations
-
-
-def gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
-def prefix_valid(batch: int, steps: int, *, low: int, seed: int) -> torch.Tensor:
-    """(B, T) right-padded mask with lengths uniform in [low, steps]."""
-    lengths = torch.randint(low, steps + 1, (batch,), generator=gen(seed))
-    return torch.arange(steps)[None, :] < lengths[:, None]
-
-
-def binomial_tol(p: float, n: int) -> float:
-    return Z * math.sqrt(p * (1 - p) / n)
+from conftest import Z, binomial_tol, gen, prefix_valid  # noqa: E402  (the statistical mask tests' helpers)
 
 
 def exact_subset_probs(rate: float) -> dict[str, float]:

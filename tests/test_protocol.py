@@ -7,7 +7,6 @@ parsed back by regex): every model ever compared was evaluated on them.
 """
 
 import hashlib
-import math
 import os
 import subprocess
 import sys
@@ -37,21 +36,7 @@ from fsrf.protocol import (
     summarise,
 )
 
-Z = 5.0  # tolerance in standard deviations
-
-
-def gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
-def prefix_valid(batch: int, steps: int, *, low: int, seed: int) -> torch.Tensor:
-    """(B, T) right-padded mask with lengths uniform in [low, steps]."""
-    lengths = torch.randint(low, steps + 1, (batch,), generator=gen(seed))
-    return torch.arange(steps)[None, :] < lengths[:, None]
-
-
-def binomial_tol(p: float, n: int) -> float:
-    return Z * math.sqrt(p * (1 - p) / n)
+from conftest import binomial_tol, prefix_valid  # the statistical mask tests' helpers
 
 
 def split_valid(n: int = 1000) -> tuple[torch.Tensor, ...]:
