@@ -214,7 +214,8 @@ def _spec_params(spec: dict) -> dict:
 
 
 def runs_table(results, tracker):
-    """One row per finished run: run_id, variant, seed, overlap, every test metric and the selected epoch's
+    """One row per finished run (one that reached its test protocol: an interrupted study's unfinished runs
+    have per-epoch metrics only and are left out): run_id, variant, seed, overlap, every test metric and the selected epoch's
     mechanism health (``health/...``; none for a closed-form variant)."""
     import polars as pl
 
@@ -223,6 +224,8 @@ def runs_table(results, tracker):
     rows = []
     for r in results:
         if r.error or not r.metrics or r.metrics.get(FAILED_REASON):
+            continue
+        if not any(k.startswith("test/") for k in r.metrics):  # interrupted before its test protocol
             continue
         spec = r.config["spec"]
         row = {"run_id": tracker.runs.get(r.metrics.get("trial_id")), "variant": spec["variant"],

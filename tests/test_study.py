@@ -574,3 +574,23 @@ def test_time_budget_ends_the_study_and_says_why(tmp_path):
     assert [r.info.run_name for r in ml.runs if r.info.status == "RUNNING"] == []
     assert any(reason.startswith("stopped by the study's time budget") for reason in reasons), reasons
     assert not any(reason == "completed" for reason in reasons), reasons  # 200 epochs never fit in 24 s
+
+
+def test_runs_table_leaves_out_runs_interrupted_before_their_test_protocol():
+    """An interrupted robustness study keeps its finished runs; a run stopped mid-training has per-epoch
+    metrics but no test/ ones, and must not enter runs.parquet as a row of nulls (it made a variant's
+    mean over seeds look like n=3 with std 0)."""
+    from types import SimpleNamespace
+
+    from studies.robustness import runs_table
+
+    def result(trial_id, seed, metrics):
+        return SimpleNamespace(error=None, config={"spec": {"variant": "no_dhf", "seed": seed, "overlap": None}},
+                               metrics={"trial_id": trial_id, **metrics})
+
+    results = [result("t0", 0, {"best_epoch": 12, "test/Non0_F1_score/lav": 0.81, "health/noise_var": 1.0}),
+               result("t1", 1, {"best_epoch": 8, "val/Non0_F1_score/objective": 0.7}),  # interrupted
+               result("t2", 2, {})]
+    table = runs_table(results, SimpleNamespace(runs={"t0": "run0", "t1": "run1", "t2": "run2"}))
+    assert table["run_id"].to_list() == ["run0"] and table["test/Non0_F1_score/lav"].to_list() == [0.81]
+    assert table["health/noise_var"].to_list() == [1.0]
