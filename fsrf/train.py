@@ -412,10 +412,11 @@ def fit(cfg: RunConfig, *, prep: Prepared | None = None, report: Report | None =
                 # step fail somewhere less clear (the noise entropy's Cholesky): stop here, saying why
                 raise FloatingPointError(f"train/total is {float(terms['total'].detach())} at epoch {epoch + 1}, "
                                          f"step {n_batches + 1}")
-            if health_on and world == 1 and n_batches % cfg.eval.health_every == 0:
-                shares.append(health.grad_shares(
-                    health.loss_parts(terms, lambda1=cfg.loss.lambda1, lambda2=cfg.loss.lambda2),
-                    health.shared_parameters(net)))
+            if health_on and n_batches % cfg.eval.health_every == 0:
+                parts = health.loss_parts(terms, lambda1=cfg.loss.lambda1, lambda2=cfg.loss.lambda2)
+                # under DDP the shares are not measured (NaN, same names): see health_on above
+                shares.append(health.grad_shares(parts, health.shared_parameters(net)) if world == 1
+                              else dict.fromkeys(parts, float("nan")))
             opt.zero_grad(set_to_none=True)
             terms["total"].backward()
             if cfg.train.grad_clip is not None:

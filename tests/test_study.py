@@ -433,7 +433,10 @@ def test_ray_train_workers_log_the_same_schema(study, tmp_path):
     assert ml.parent.info.status == "FINISHED"
     assert run.data.params["study.workers_per_trial"] == "2"
     plain = next(r for r in study["ml"].children if r.info.status == "FINISHED")
-    assert set(run.data.metrics) == set(plain.data.metrics)
+    # the same metrics, but for the loss terms' gradient shares, which are not measured under DDP
+    # (fsrf.train.fit: autograd.grad beside DDP's reducer; logged as NaN, which MLflow logging skips)
+    shares = {k for k in plain.data.metrics if k.startswith("health/grad_share/")}
+    assert shares and set(run.data.metrics) == set(plain.data.metrics) - shares
     assert set(run.data.params) == set(plain.data.params)
     assert [s for s, _ in ml.history(run, OBJECTIVE)] == list(range(1, MAX_EPOCHS + 1))
     assert [s for s, _ in ml.history(run, "train/total")] == list(range(1, MAX_EPOCHS + 1))
