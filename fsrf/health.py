@@ -274,7 +274,7 @@ def measure(model, data, *, views: tuple, eps_fn, batch_size: int) -> dict[str, 
     zp_all, zq_all = [], []
     for idx in torch.arange(n).split(batch_size):
         x = data.batch(idx)
-        v_idx = [x.valid()[i] for i in range(3)]
+        v_idx = x.valid()  # (l, a, v) masks of the batch
         for view, acc in ((vp, zp_all), (vq, zq_all)):
             part = slice_view(view, idx)
             acc.append(model(x, part.present, zeroed_masks(part, v_idx)).z)
