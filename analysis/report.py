@@ -79,9 +79,11 @@ def read_inputs(args):
         config = load.study_config(uri, args.robustness_run)
         reps = load.representations_from_mlflow(uri, args.robustness_run)
     study = load.trials_from_study(args.study_dir) if args.study_dir else None
+    from analysis import yardsticks
     from analysis.sections import Inputs  # the heavy imports (torch, matplotlib, scipy) only now
 
-    return Inputs(runs=runs, source=source, config=config, representations=reps, study=study)
+    runs, note = yardsticks.add_ceiling(runs, config)  # synthetic studies: the closed-form ceiling's row
+    return Inputs(runs=runs, source=source, config=config, representations=reps, study=study, ceiling_note=note)
 
 
 def default_out(args) -> Path:

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from analysis import figures, health, load, probe, robustness, tables, tuning
+from analysis import figures, health, load, probe, robustness, tables, tuning, yardsticks
 from fsrf import variants
 from fsrf.errors import InputError
 from fsrf.protocol import BEST_OBJECTIVE, HEADLINE, all_rates_conditions
@@ -54,6 +54,7 @@ class Inputs:
     config: load.StudyConfig | None = None
     representations: list[load.Representations] | None = None  # None: not read (no MLflow run)
     study: load.TuningStudy | None = None
+    ceiling_note: str | None = None  # why a synthetic study's report has no ceiling (``yardsticks.add_ceiling``)
 
 
 def esc(x) -> str:
@@ -506,6 +507,77 @@ def table2_section(rep: Report, main: pl.DataFrame, metric: str) -> None:
     rep.section("table2", "Table II: ablations", text, html_table)
 
 
+def ceiling_section(rep: Report, main: pl.DataFrame, metric: str, complete: str, note: str | None) -> None:
+    """Each variant's gap to the synthetic ceiling and the share it recovers (``analysis.yardsticks``)."""
+    title = "Ceiling: gap and recovered share"
+    if note:
+        rep.omitted("ceiling", title, note)
+        return
+    conds = [c for c in (*yardsticks.MISSING_NAMES, "avg_missing", complete, "intra_0.3", "intra_0.5", "intra_0.7",
+                         "intra_avg") if f"test/{metric}/{c}" in main.columns]
+    t = yardsticks.gap_table(main, metric, conds, complete=complete)
+    if t.height == 0:
+        rep.omitted("ceiling", title, "real data: there is no generator to compute a ceiling from (the shuffled "
+                    "floors below are this study's yardstick)")
+        return
+    rep.csv(t, f"ceiling_gap_{metric}")
+    cell = t.with_columns(cell=pl.format("{} / {}", pl.col("gap").map_elements(lambda x: pct(x, metric), return_dtype=pl.String),
+                                         pl.col("recovered_share").map_elements(lambda x: num(x, 2), return_dtype=pl.String)))
+    grid = cell.pivot(on="condition", index="variant", values="cell").with_columns(
+        pl.col("variant").map_elements(tables.variant_name, return_dtype=pl.String))
+    ceil = {c: t.filter(pl.col("condition") == c)["ceiling"][0] for c in conds if c in t["condition"].to_list()}
+    top = pl.DataFrame({"variant": ["ceiling (score)"], **{c: [pct(v, metric)] for c, v in ceil.items()}})
+    fs = t.filter((pl.col("variant") == REFERENCE) & (pl.col("condition") == "avg_missing"))
+    lead = (f" FSRF's gap on the six missing conditions is {pct(fs['gap'][0], metric)} on average and it recovers "
+            f"{num(fs['recovered_share'][0], 2)} of what they allow above chance." if fs.height else "")
+    text = (f"<p>The ceiling (black dashed line in the curves, last row of Table I) is the label's conditional "
+            f"expectation given what each test condition leaves of the generator's latents, in closed form "
+            f"(<code>fsrf/ceiling.py</code> says what the oracle is assumed to know), on the same test split and "
+            f"masks as the runs. Each cell is <b>gap / recovered share</b>: the ceiling minus the variant's mean "
+            f"over seeds, and (variant − chance) / (ceiling − chance), chance being the ceiling with nothing present "
+            f"({pct(yardsticks_chance(main, metric), metric)}). The complete-to-missing drops of each variant and of "
+            f"the ceiling are in <code>tables/ceiling_gap_{esc(metric)}.csv</code>.{lead}</p>")
+    rep.section("ceiling", title, text, frame_html(pl.concat([top, grid], how="diagonal_relaxed"),
+                                                   table_id="table-ceiling"))
+
+
+def yardsticks_chance(main: pl.DataFrame, metric: str) -> float | None:
+    row = main.filter(pl.col("variant") == yardsticks.CEILING)
+    col = f"test/{metric}/{yardsticks.CHANCE}"
+    return row[col][0] if row.height and col in row.columns else None
+
+
+def floors_section(rep: Report, main: pl.DataFrame, metric: str) -> None:
+    """The shuffled leakage floors beside each missing condition (``eval.shuffled_floor``)."""
+    title = "Leakage floors (shuffled modalities)"
+    t = yardsticks.floor_table(main, metric)
+    if t.height == 0:
+        rep.omitted("floors", title, "no run has shuffled floors (run the study with --set eval.shuffled_floor=true)")
+        return
+    rep.csv(t, f"floors_{metric}")
+    show = t.select(
+        pl.col("variant").map_elements(tables.variant_name, return_dtype=pl.String),
+        pl.col("condition"), pl.col("shuffled"),
+        *[pl.col(c).map_elements(lambda x: pct(x, metric), return_dtype=pl.String)
+          for c in ("score", "floor", "floor_std", "chance", "floor_ceiling")],
+        pl.col("n"), pl.col("leak"))
+    leaks = t.filter(pl.col("leak"))
+    verdict = ("<p><b>Leak:</b> " + "; ".join(
+        f"{esc(tables.variant_name(r['variant']))} {esc(r['condition'])} with {esc(r['shuffled'])} shuffled stays at "
+        f"{pct(r['floor'], metric)} against chance {pct(r['chance'], metric)} (p = {pval(r['leak_p'])})"
+        for r in leaks.iter_rows(named=True)) + ".</p>") if leaks.height else (
+        f"<p>No one-modality floor stays more than {pct(yardsticks.LEAK_MARGIN, metric)} above the model's chance: "
+        "nothing but the modalities' content reaches the scores.</p>")
+    text = ("<p>Each missing condition is scored again with one present modality's features permuted across the "
+            "test samples (each sample keeps its own length and mask): <b>floor</b> is what survives without that "
+            "modality's content. For a one-modality condition it should fall to <b>chance</b>, the model's own "
+            f"score with nothing present (<code>{yardsticks.CHANCE}</code>); for two modalities, to what the other "
+            "one gives alone. <b>floor ceiling</b> is the ceiling of the same control (synthetic data). A "
+            f"one-modality floor more than {pct(yardsticks.LEAK_MARGIN, metric)} above chance with Welch p &lt; 0.05 "
+            "over seeds is flagged as a leak (length, padding or position reaching the score).</p>")
+    rep.section("floors", title, text, verdict, frame_html(show, table_id="table-floors"))
+
+
 def health_section(rep: Report, main: pl.DataFrame) -> None:
     """Mechanism health (SPEC section 7) of each run's selected epoch, per variant over seeds, and one verdict
     per mechanism and variant by the rules of ``analysis.health`` (written on the page next to them)."""
@@ -834,6 +906,8 @@ def write_report(inputs: Inputs, folder: Path, *, metric: str = HEADLINE, extra_
     modality_section(rep, main, metric, text_only=text_only, max_rates=modality_max_rates)
     if references:
         references_section(rep, facts.get("t1"), metric, dataset, references)
+    ceiling_section(rep, main, metric, complete, inputs.ceiling_note)
+    floors_section(rep, main, metric)
     table2_section(rep, main, metric)
     health_section(rep, main)
     overlap_section(rep, runs, metric, text_only=text_only)

@@ -69,8 +69,11 @@ def welch_p(a, b) -> float:
 
 
 def complete_condition(df: pl.DataFrame, metric: str) -> str:
-    """The all-modalities-present condition: ``lav``, or ``l`` for text-only data (its only modality)."""
-    return "lav" if f"test/{metric}/lav" in df.columns else "l"
+    """The all-modalities-present condition: ``lav``; ``la`` for text with audio; ``l`` for text alone."""
+    for name in ("lav", "la"):
+        if f"test/{metric}/{name}" in df.columns and df[f"test/{metric}/{name}"].null_count() < df.height:
+            return name
+    return "l"
 
 
 def summarise(df: pl.DataFrame, metric: str, conditions, *, reference: str = REFERENCE) -> pl.DataFrame:
@@ -133,8 +136,10 @@ def _grid(t: pl.DataFrame, key: str) -> tuple[list[str], list[str], dict]:
 
 
 def _best(t: pl.DataFrame, key: str, metric: str) -> dict[str, float]:
+    """The best mean per column among the models (an oracle such as the ceiling is no contender)."""
     agg = pl.col("mean").min() if metric in LOWER_IS_BETTER else pl.col("mean").max()
-    return dict(t.group_by(key).agg(agg).iter_rows())
+    oracles = [v.name for v in variants.VARIANTS if v.oracle]
+    return dict(t.filter(~pl.col("variant").is_in(oracles)).group_by(key).agg(agg).iter_rows())
 
 
 def _fmt(x: float | None, scale: float, digits: int) -> str:
@@ -158,7 +163,7 @@ def _table(t: pl.DataFrame, *, key: str, digits: int | None):
                 row.append(None)
                 continue
             row.append((_fmt(r["mean"], scale, digits), _fmt(r["std"], scale, digits), r["star"],
-                        math.isclose(r["mean"], best[c], rel_tol=0, abs_tol=1e-12)))
+                        c in best and math.isclose(r["mean"], best[c], rel_tol=0, abs_tol=1e-12)))
         n = max((cells[(v, c)]["n"] for c in cols if (v, c) in cells), default=0)
         rows.append((v, n, row))
     labels = cols if key == "column" else [condition_label(c) for c in cols]
@@ -176,7 +181,7 @@ def to_markdown(t: pl.DataFrame, *, key: str = "condition", digits: int | None =
                 cells.append("")
                 continue
             mean, std, star, best = cell
-            text = f"{mean} ± {std}"
+            text = mean if std == "-" else f"{mean} ± {std}"
             cells.append((f"**{text}**" if best else text) + ("\\*" if star else ""))
         out.append(f"| {variant_name(v)} | {n} | " + " | ".join(cells) + " |")
     return "\n".join(out) + "\n"
@@ -199,7 +204,7 @@ def to_latex(t: pl.DataFrame, *, key: str = "condition", digits: int | None = No
                 cells.append("")
                 continue
             mean, std, star, best = cell
-            text = f"{mean} $\\pm$ {std}"
+            text = mean if std == "-" else f"{mean} $\\pm$ {std}"
             cells.append((f"\\textbf{{{text}}}" if best else text) + ("$^{*}$" if star else ""))
         body.append(f"{_tex(variant_name(v))} & {n} & " + " & ".join(cells) + r" \\")
     body += [r"\bottomrule", r"\end{tabular}"]
@@ -225,7 +230,7 @@ def to_html(t: pl.DataFrame, *, key: str = "condition", digits: int | None = Non
             mean, std, star, best = cell
             p = cells[(v, c)]["p_value"]
             title = f' title="Welch p = {p:.3g} against FSRF"' if p is not None else ""
-            text = f"{mean} ± {std}"
+            text = mean if std == "-" else f"{mean} ± {std}"
             text = f"<b>{text}</b>" if best else text
             tds.append(f"<td{title}>{text}{'<sup>*</sup>' if star else ''}</td>")
         out.append(f"<tr><th>{html.escape(variant_name(v))}</th><td>{n}</td>{''.join(tds)}</tr>")

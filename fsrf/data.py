@@ -34,7 +34,10 @@ class Split:
     vision_lengths: np.ndarray | None = None  # (N,) int64
     text_ids: np.ndarray | None = None  # (N, T_l) int64 pre-tokenised ids (MMSA's text_bert), optional
     text_mask: np.ndarray | None = None  # (N, T_l) int64 attention mask for text_ids
-    latents: dict[str, np.ndarray] = field(default_factory=dict)  # ground truth (synthetic only)
+    latents: dict[str, np.ndarray] = field(default_factory=dict)  # ground truth, (N,) each (synthetic only)
+    # what an oracle knows beyond the latents (synthetic only; ``fsrf.ceiling``): clause_reading (N, 3)
+    # and clause_span (N, 3, 2) of the text, carry_<m> (N, T) and phase_<m> (N,) of audio and vision
+    oracle: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -98,20 +101,43 @@ INTENSIFIERS = ["really ", "very ", "so ", "just ", "pretty "]
 
 def _sentence(value: float, rng: np.random.Generator) -> str:
     """An utterance expressing sentiment ``value`` (about -3..3) in 1-3 clauses with filler."""
-    clauses = []
+    return _sentence_parts(value, rng)[0]
+
+
+def _sentence_parts(value: float, rng: np.random.Generator) -> tuple[str, list[float], list[tuple[int, int]]]:
+    """``_sentence`` with what each clause says: (text, readings, spans).
+
+    A clause's reading is the number its intensity bucket is rounded from, ``1.3 * value + N(0, 0.5^2)``;
+    its span is the character range of its sentiment words (intensifier or negation included) in the text.
+    The random draws are those of ``_sentence`` (same order), so the text is the same.
+    """
+    clauses, readings, spans = [], [], []
     for _ in range(rng.integers(1, 4)):
-        bucket = int(np.clip(np.rint(value * 1.3 + rng.normal(0, 0.5)), -3, 3))
+        reading = value * 1.3 + rng.normal(0, 0.5)
+        bucket = int(np.clip(np.rint(reading), -3, 3))
         adv = rng.choice(INTENSIFIERS) if abs(bucket) == 3 and rng.random() < 0.5 else ""
         if bucket in NEGATED and rng.random() < 0.35:
             word = "not " + rng.choice(NEGATED[bucket])
             adv = ""
         else:
             word = rng.choice(LEXICON[bucket])
-        clause = rng.choice(TEMPLATES).format(topic=rng.choice(TOPICS), adv=adv, word=word)
+        template = rng.choice(TEMPLATES)
+        topic = rng.choice(TOPICS)
+        clause = template.format(topic=topic, adv=adv, word=word)
+        start = len(template.split("{adv}")[0].format(topic=topic))  # every template ends in {adv}{word}
         if rng.random() < 0.5:
-            clause = f"{rng.choice(FILLERS)} {clause}"
+            filler = rng.choice(FILLERS)
+            clause = f"{filler} {clause}"
+            start += len(filler) + 1
         clauses.append(clause)
-    return " and ".join(clauses) if rng.random() < 0.5 else " ".join(clauses)
+        readings.append(float(reading))
+        spans.append((start, start + len(adv) + len(word)))
+    sep = " and " if rng.random() < 0.5 else " "
+    offset, placed = 0, []
+    for clause, (a, b) in zip(clauses, spans):
+        placed.append((offset + a, offset + b))
+        offset += len(clause) + len(sep)
+    return sep.join(clauses), readings, placed
 
 
 def synthetic(*, preset: str = "mosi", seed: int = 0, size_scale: float = 1.0,
@@ -132,19 +158,15 @@ def synthetic(*, preset: str = "mosi", seed: int = 0, size_scale: float = 1.0,
         nu_m(t) the modality's noise signature: a fixed direction times a slow sinusoid with a random
         phase, alpha_im ~ |N(signature_amplitude, 0.3^2)| (label-independent: what R_n should capture).
     Labels are rounded to thirds as averaged annotator scores are, so a few are exactly 0.
-    ``latents`` keeps s, h_m, u_m and alpha_m for probing what each representation learned.
+    ``latents`` keeps s, h_m, u_m and alpha_m for probing what each representation learned; ``oracle``
+    keeps what the closed-form ceiling (``fsrf.ceiling``) conditions on: each clause's unrounded reading
+    1.3 * (u_il + w * h_il) + N(0, 0.5^2) and its sentiment words' character span, and per frame whether
+    it carries the latent, with the signature's phase.
     """
     if preset not in PRESETS:
         raise ValueError(f"data.preset must be one of {sorted(PRESETS)}, got {preset!r}")
-    d_a, d_v = FEATURE_DIMS[preset]
     p = params
-    fixed = np.random.default_rng([seed, 99])
-    proj, signature = {}, {}
-    for m, d in (("a", d_a), ("v", d_v)):
-        P = fixed.normal(size=(d, 2))
-        proj[m] = P / np.linalg.norm(P, axis=0, keepdims=True)
-        nu = fixed.normal(size=d)
-        signature[m] = nu / np.linalg.norm(nu)
+    proj, signature = fixed_parts(preset, seed)
     sigma = {"l": p.sigma_l, "a": p.sigma_a, "v": p.sigma_v}
     t = np.arange(SEQ_LEN)
 
@@ -158,10 +180,18 @@ def synthetic(*, preset: str = "mosi", seed: int = 0, size_scale: float = 1.0,
         y = p.label_scale * (s + p.specific_weight * (h["l"] + h["a"] + h["v"]))
         y = np.clip(y + p.label_noise * rng.normal(size=n), -3, 3)
         labels = (np.round(y * 3) / 3).astype(np.float32)
-        text = [_sentence(u["l"][i] + p.specific_weight * h["l"][i], rng) for i in range(n)]
+        readings = np.full((n, 3), np.nan, np.float32)
+        spans = np.full((n, 3, 2), -1, np.int32)
+        text = []
+        for i in range(n):
+            sentence, r, sp = _sentence_parts(u["l"][i] + p.specific_weight * h["l"][i], rng)
+            text.append(sentence)
+            readings[i, :len(r)], spans[i, :len(sp)] = r, sp
         split = Split(name=name, text=text, labels=labels, ids=[f"syn-{name}-{i:05d}" for i in range(n)],
-                      latents={"shared": s.astype(np.float32)})
-        for m, d in (("a", d_a), ("v", d_v)):
+                      latents={"shared": s.astype(np.float32)},
+                      oracle={"clause_reading": readings, "clause_span": spans})
+        for m in ("a", "v"):
+            d = proj[m].shape[0]
             lengths = rng.integers(p.min_len, SEQ_LEN + 1, size=n)
             carry = rng.random((n, SEQ_LEN)) < p.frame_carry  # (N, T)
             latent = np.stack([u[m], h[m]], 1) @ proj[m].T  # (N, d)
@@ -178,11 +208,26 @@ def synthetic(*, preset: str = "mosi", seed: int = 0, size_scale: float = 1.0,
                 split.vision, split.vision_lengths = x.astype(np.float32), lengths.astype(np.int64)
             split.latents[f"specific_{m}"] = h[m].astype(np.float32)
             split.latents[f"noise_{m}"] = alpha.astype(np.float32)
+            split.oracle[f"carry_{m}"] = carry
+            split.oracle[f"phase_{m}"] = phase
         split.latents["specific_l"] = h["l"].astype(np.float32)
         for m in ("l", "a", "v"):
             split.latents[f"view_{m}"] = u[m].astype(np.float32)  # the shared latent as modality m sees it
         out[name] = split
     return out
+
+
+def fixed_parts(preset: str, seed: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The generator's fixed parts for (preset, seed): per audio/vision modality, the (d_m, 2) projection
+    P_m with unit columns and the (d_m,) unit noise signature nu_m (``synthetic``)."""
+    fixed = np.random.default_rng([seed, 99])
+    proj, signature = {}, {}
+    for m, d in zip(("a", "v"), FEATURE_DIMS[preset]):
+        P = fixed.normal(size=(d, 2))
+        proj[m] = P / np.linalg.norm(P, axis=0, keepdims=True)
+        nu = fixed.normal(size=d)
+        signature[m] = nu / np.linalg.norm(nu)
+    return proj, signature
 
 
 def load_dataset(data: DataConfig) -> dict[str, Split]:

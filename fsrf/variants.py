@@ -29,6 +29,7 @@ class Variant:
     baseline: bool = False  # compared with FSRF but not an ablation of it: left out of Table II
     default: bool = True  # part of a robustness study when ``--variants`` is not given
     closed_form: bool = False  # fitted without the training loop (``fsrf.baselines``), one "epoch"
+    oracle: bool = False  # not a model: computed from the generator by the report (``fsrf.ceiling``), never run
     color: str | None = None  # a fixed figure colour; None: taken from the palette by position
     linestyle: str = "-"
 
@@ -59,11 +60,17 @@ VARIANTS: tuple[Variant, ...] = (
             "Ridge (ridge regression on the frozen encoder's mean-pooled word states: the simplest baseline)",
             {"encoder.finetune": False}, baseline=True, default=False, closed_form=True,
             color="#4d4d4d", linestyle=":"),
+    # Synthetic data only: the report computes it from the study's config (one row, no seeds).
+    Variant("ceiling", "Ceiling",
+            "Ceiling (the label's conditional expectation given what each condition leaves of the generator's "
+            "latents, in closed form: the best any model can do in mean squared error; synthetic data only)",
+            baseline=True, default=False, oracle=True, color="#000000", linestyle="--"),
 )
 BY_NAME: Mapping[str, Variant] = MappingProxyType({v.name: v for v in VARIANTS})
 NAMES: tuple[str, ...] = tuple(BY_NAME)
 DEFAULT: tuple[str, ...] = tuple(v.name for v in VARIANTS if v.default)
 BASELINES: tuple[str, ...] = tuple(v.name for v in VARIANTS if v.baseline)
+RUNNABLE: tuple[str, ...] = tuple(v.name for v in VARIANTS if not v.oracle)  # what a study can train
 REFERENCE = "fsrf"  # what the ablations and baselines are compared against
 ROBUSTNESS_BASELINE = "late_fusion"  # b(p) of MultiBench's effective robustness (SPEC section 5)
 
@@ -77,12 +84,15 @@ def get(name: str) -> Variant:
 
 
 def parse_list(text: str) -> list[str]:
-    """A comma list of variant names (``"fsrf,no_das"``), each checked; ValueError on an unknown or none."""
+    """A comma list of variant names (``"fsrf,no_das"``), each checked; ValueError on an unknown or none,
+    or on an oracle (the ceiling is computed by the report, not run)."""
     names = [v.strip() for v in text.split(",") if v.strip()]
     if not names:
-        raise ValueError(f"unknown variant '(none)'; choose from {', '.join(NAMES)}")
+        raise ValueError(f"unknown variant '(none)'; choose from {', '.join(RUNNABLE)}")
     for name in names:
-        get(name)
+        if get(name).oracle:
+            raise ValueError(f"variant {name!r} is not trained: the report computes it for synthetic studies; "
+                             f"choose from {', '.join(RUNNABLE)}")
     return names
 
 
@@ -122,7 +132,7 @@ def of_config(flat: Mapping[str, Any]) -> str:
     fusion = flat["model.fusion"]
     for v in sorted(VARIANTS, key=lambda v: -len(v.overrides)):
         v_off = [part for part in _SWITCHES if v.overrides.get(f"model.{part}") is False]
-        if (not v.closed_form and v_off == off and v.overrides.get("model.fusion", "early") == fusion
+        if (not v.closed_form and not v.oracle and v_off == off and v.overrides.get("model.fusion", "early") == fusion
                 and all(flat.get(k) == x for k, x in v.overrides.items())):
             return v.name
     if fusion == "late":

@@ -44,7 +44,7 @@ def parse(argv=None) -> argparse.Namespace:
     src.add_argument("--from-run", metavar="RUN_ID", help="use the best config logged on this MLflow parent run")
     ap.add_argument("--config", help="base run config YAML (alone, or under the tuned values)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    ap.add_argument("--variants", default=",".join(variants.DEFAULT), help=f"comma list from {','.join(variants.NAMES)}")
+    ap.add_argument("--variants", default=",".join(variants.DEFAULT), help=f"comma list from {','.join(variants.RUNNABLE)}")
     ap.add_argument("--seeds", type=int, default=10, help="seeds per variant (default 10)")
     ap.add_argument("--overlaps", default="", help="extra fsrf runs at these missing.overlap values, e.g. 0,0.5,1")
     ap.add_argument("--epochs", type=int, default=None, help="training epochs (default: the config's)")

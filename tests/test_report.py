@@ -90,7 +90,11 @@ def test_report_text_has_the_numbers(built):
     assert "AUC 0.700" in page
     assert "effective robustness 1.100" in page
     assert re.search(r"R_ho: R² = (0\.9\d\d|1\.000); R_he: R² = -?0\.0", page)
-    assert "Omitted" not in page  # every section had its input
+    # every section had its input but the yardsticks: the hand-made store has no base config (no ceiling)
+    # and no shuffled floors
+    assert page.count("Omitted") == 2, re.findall(r"Omitted: [^<]*", page)
+    assert "Omitted: no run has shuffled floors" in page
+    assert "Omitted: no ceiling: the parent run has no base.* params" in page
     # The uncertainty table right after Table I; P(FSRF better) by counting seed pairs (test_analysis.py):
     # (4 + 8/9 + 8/9 + 5.5/9) / 7 = 0.913 over w/o DHF, 6/7 = 0.857 over late fusion.
     assert page.index('id="table1"') < page.index('id="uncertainty"') < page.index('id="curves"')
@@ -230,7 +234,7 @@ def test_report_from_parquet_omits_what_it_lacks(study, tmp_path):
     out = tmp_path / "from-parquet"
     assert report.main(["--runs-parquet", str(study["parquet"]), "--out", str(out)]) == 0
     page = (out / "report.html").read_text()
-    assert page.count('class="note">Omitted') == 4  # probe, cost and configs need MLflow; no --study-dir
+    assert page.count('class="note">Omitted') == 6  # probe, cost, configs, ceiling need MLflow; no --study-dir; no floors
     assert 'id="fig-curves"' in page and (out / "figures" / "curves.svg").is_file()
 
 

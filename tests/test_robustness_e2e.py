@@ -95,3 +95,30 @@ def test_the_report_builds_from_the_study(study):
     assert 'id="table-cost"' in html and (not head or head in html)
     logged = {a.path for a in study["client"].list_artifacts(parent.info.run_id)}
     assert "report" in logged
+
+
+def test_the_report_of_a_synthetic_study_carries_the_ceiling(study):
+    """The report adds the closed-form ceiling of the study's own config (``fsrf.ceiling``) as a Table I row
+    and a curve, with each variant's gap: the same numbers ``ceiling()`` gives for the parent's base config."""
+    from analysis import load, yardsticks
+    from fsrf.ceiling import ceiling
+
+    folder = next((study["work"] / "reports").glob("robustness-*"))
+    t1 = pl.read_csv(folder / "tables" / "table1_Non0_F1_score.csv")
+    parent = next(r for r in study["runs"] if r.data.tags.get("fsrf.role") == "robustness")
+    config = load.study_config(f"sqlite:///{study['work']}/mlflow.db", parent.info.run_id)
+    want = ceiling(yardsticks.run_config(config))
+    row = t1.filter(pl.col("variant") == "ceiling")
+    assert row.height == 7  # the six missing conditions, their mean and lav
+    for r in row.iter_rows(named=True):
+        assert r["mean"] == pytest.approx(want[f"test/Non0_F1_score/{r['condition']}"], abs=1e-12)
+    gaps = pl.read_csv(folder / "tables" / "ceiling_gap_Non0_F1_score.csv")
+    assert set(gaps["variant"]) == {"fsrf", "late_fusion", "ridge"}
+    g = gaps.filter((pl.col("variant") == "fsrf") & (pl.col("condition") == "la")).row(0, named=True)
+    runs = load.runs_from_mlflow(f"sqlite:///{study['work']}/mlflow.db", parent.info.run_id)
+    fs = runs.filter(pl.col("variant") == "fsrf")["test/Non0_F1_score/la"].mean()
+    assert g["gap"] == pytest.approx(want["test/Non0_F1_score/la"] - fs, abs=1e-12)
+    html = (folder / "report.html").read_text()
+    assert 'id="ceiling"' in html and "recovered share" in html
+    curves = pl.read_csv(folder / "tables" / "curves_Non0_F1_score.csv")
+    assert "ceiling" in curves["variant"].to_list()
