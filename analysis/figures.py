@@ -289,3 +289,42 @@ def overlap_figure(study: pl.DataFrame, *, metric: str = HEADLINE) -> Figure:
     ax.grid(alpha=0.3)
     ax.legend(frameon=False, fontsize=9)
     return fig
+
+
+def grid_figure(grid: pl.DataFrame, *, metric: str = HEADLINE) -> Figure:
+    """The train-rate x test-rate grid, one heatmap per variant: rows the constant training rate, columns
+    the test intra rate, cells the mean score over seeds (written in); cells whose test rate exceeds the
+    training rate are hatched (MuteBench: beyond what the model was trained for)."""
+    from matplotlib.patches import Rectangle
+
+    scale, label = _scale(metric)
+    names = variants.ordered(grid["variant"].to_list())
+    lo, hi = grid["mean"].min() * scale, grid["mean"].max() * scale
+    fig = Figure(figsize=(4.6 * len(names) + 0.8, 3.8), layout="constrained")
+    axes = fig.subplots(1, len(names), squeeze=False, sharey=True)
+    image = None
+    for ax, v in zip(axes[0], names):
+        g = grid.filter(pl.col("variant") == v)
+        rates = sorted(set(g["train_rate"].to_list()))
+        tests = sorted(set(g["test_rate"].to_list()))
+        m = np.full((len(rates), len(tests)), np.nan)
+        for r in g.iter_rows(named=True):
+            m[rates.index(r["train_rate"]), tests.index(r["test_rate"])] = r["mean"] * scale
+        image = ax.imshow(m, cmap="viridis", vmin=lo, vmax=hi, aspect="auto", origin="lower")
+        for i, rate in enumerate(rates):
+            for j, p in enumerate(tests):
+                if np.isnan(m[i, j]):
+                    continue
+                ax.text(j, i, f"{m[i, j]:.0f}" if scale > 1 else f"{m[i, j]:.2f}", ha="center", va="center",
+                        fontsize=7, color="white" if m[i, j] < (lo + hi) / 2 else "black")
+                if p > rate + 1e-9:
+                    ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="///", lw=0,
+                                           edgecolor="white", alpha=0.5))
+        ax.set_xticks(range(len(tests)), [f"{p:g}" for p in tests], fontsize=8)
+        ax.set_yticks(range(len(rates)), [f"{r:g}" for r in rates])
+        ax.set_title(variant_name(v))
+        ax.set_xlabel("test missing rate (intra)")
+    axes[0][0].set_ylabel("training missing rate (constant)")
+    fig.colorbar(image, ax=axes[0].tolist(), label=label, shrink=0.9)
+    fig.suptitle("Train rate x test rate (hatched: test rate above the training rate)", fontsize=10)
+    return fig

@@ -30,9 +30,10 @@ from fsrf.errors import InputError
 from fsrf.manifest import ROLE_ROBUSTNESS, ROLE_ROBUSTNESS_RUN, ROLE_TAG
 from fsrf.protocol import BEST_OBJECTIVE
 
-KEYS = ("run_id", "variant", "seed", "overlap")
+KEYS = ("run_id", "variant", "seed", "overlap", "train_rate")  # train_rate: the grid's constant rate (else null)
 REPRESENTATIONS = "representations.npz"
-_KEY_SCHEMA = {"run_id": pl.String, "variant": pl.String, "seed": pl.Int64, "overlap": pl.Float64}
+_KEY_SCHEMA = {"run_id": pl.String, "variant": pl.String, "seed": pl.Int64, "overlap": pl.Float64,
+               "train_rate": pl.Float64}
 
 
 def metric_columns(df: pl.DataFrame, split: str = "test") -> list[str]:
@@ -46,7 +47,10 @@ def health_columns(df: pl.DataFrame) -> list[str]:
 
 
 def _finish(df: pl.DataFrame, where: str) -> pl.DataFrame:
-    """Key columns typed and first, rows in the report's order; refuse a table with nothing to analyse."""
+    """Key columns typed and first, rows in the report's order; refuse a table with nothing to analyse.
+    ``train_rate`` may be absent (studies from before the grid): it is then null."""
+    if "train_rate" not in df.columns:
+        df = df.with_columns(train_rate=pl.lit(None, dtype=pl.Float64))
     missing = [k for k in KEYS if k not in df.columns]
     if missing:
         raise InputError(where, None, f"missing column(s) {', '.join(missing)}")
@@ -61,7 +65,7 @@ def _finish(df: pl.DataFrame, where: str) -> pl.DataFrame:
     ranks = {v: variants.rank(v) for v in df["variant"].drop_nulls().unique().to_list()}
     rank = pl.col("variant").replace_strict(ranks, default=float(len(variants.VARIANTS)), return_dtype=pl.Float64)
     return (df.select([*KEYS, *sorted(metrics), *sorted(health)])
-            .sort([rank, "variant", "overlap", "seed"], nulls_last=False))
+            .sort([rank, "variant", "overlap", "train_rate", "seed"], nulls_last=False))
 
 
 # -- MLflow ---------------------------------------------------------------------------------------------
@@ -136,7 +140,7 @@ def runs_from_mlflow(tracking_uri: str, parent_run_id: str) -> pl.DataFrame:
         seed = params.get("seed")
         row = {"run_id": run.info.run_id, "variant": tags.get("fsrf.variant") or params.get("variant"),
                "seed": int(seed) if seed not in (None, "None") else None,
-               "overlap": _overlap(params.get("missing.overlap"))}
+               "overlap": _overlap(params.get("missing.overlap")), "train_rate": _overlap(params.get("train_rate"))}
         if not row["variant"]:
             raise InputError(f"run {run.info.run_id}", "fsrf.variant", "child run without a variant tag or param")
         # health/*: logged every epoch and, last, at the selected epoch by the final report (same step,
@@ -300,23 +304,27 @@ def long_metrics(df: pl.DataFrame) -> pl.DataFrame:
 
 
 def main_runs(df: pl.DataFrame) -> pl.DataFrame:
-    """The runs of each variant's main setting, leaving out an overlap sweep's extra runs.
+    """The runs of each variant's main setting, leaving out an overlap sweep's or a rate grid's extra runs.
 
-    When a variant was run under several ``overlap`` settings (the paired-mask study), pooling them
-    would mix different training procedures in one mean, so Table I, Table II and the curves use one
-    setting per variant: null (independent views, the paper's MRM) when present, otherwise the setting
-    with the most runs (ties: the smallest overlap). Variants with a single setting are kept whole.
+    When a variant was run under several settings (``overlap`` of the paired-mask study, ``train_rate``
+    of the train x test grid), pooling them would mix different training procedures in one mean, so
+    Table I, Table II and the curves use one setting per variant: both null (the config's own MRM) when
+    present, otherwise the setting with the most runs (ties: the smallest overlap, then rate). Variants
+    with a single setting are kept whole.
     """
     keep = []
     for variant in df["variant"].unique(maintain_order=True).to_list():
         rows = df.filter(pl.col("variant") == variant)
-        counts = rows.group_by("overlap").len()
+        counts = rows.group_by(["overlap", "train_rate"]).len()
         if counts.height > 1:
-            if counts["overlap"].null_count():
-                rows = rows.filter(pl.col("overlap").is_null())
+            plain = rows.filter(pl.col("overlap").is_null() & pl.col("train_rate").is_null())
+            if plain.height:
+                rows = plain
             else:
-                best = counts.sort(["len", "overlap"], descending=[True, False])["overlap"][0]
-                rows = rows.filter(pl.col("overlap") == best)
+                best = counts.sort(["len", "overlap", "train_rate"], descending=[True, False, False],
+                                   nulls_last=False).row(0, named=True)
+                rows = rows.filter(pl.col("overlap").eq_missing(best["overlap"])
+                                   & pl.col("train_rate").eq_missing(best["train_rate"]))
         keep.append(rows)
     return pl.concat(keep)
 

@@ -258,9 +258,37 @@ def overlap_study(df: pl.DataFrame, metric: str = HEADLINE, *, condition: str = 
     if col not in df.columns:
         return pl.DataFrame(schema=schema)
     rows = df.filter((pl.col("variant") == variant) & pl.col(col).is_not_null() & pl.col(col).is_not_nan())
+    if "train_rate" in rows.columns:
+        rows = rows.filter(pl.col("train_rate").is_null())  # a rate grid's runs are another study
     if rows["overlap"].null_count() == rows.height:
         return pl.DataFrame(schema=schema)
     return (rows.group_by("overlap")
             .agg(mean=pl.col(col).mean(), std=pl.col(col).std(ddof=1), n=pl.len().cast(pl.Int64))
             .select(list(schema)).cast(schema)
             .sort("overlap", nulls_last=True))
+
+
+def rate_grid(df: pl.DataFrame, metric: str = HEADLINE) -> pl.DataFrame:
+    """The train-rate x test-rate grid (MuteBench): per variant, training rate r (the runs of
+    ``--train-rates``, constant schedule) and test intra point p, the mean and std over seeds of the test
+    score at ``intra_p``, and whether p exceeds the training maximum r. Columns: variant, train_rate,
+    test_rate, mean, std, n, beyond; empty when no run has a training rate."""
+    schema = {"variant": pl.String, "train_rate": pl.Float64, "test_rate": pl.Float64, "mean": pl.Float64,
+              "std": pl.Float64, "n": pl.Int64, "beyond": pl.Boolean}
+    if "train_rate" not in df.columns:
+        return pl.DataFrame(schema=schema)
+    grid = df.filter(pl.col("train_rate").is_not_null() & pl.col("overlap").is_null())
+    rows = []
+    for (variant, rate), g in grid.group_by(["variant", "train_rate"], maintain_order=True):
+        for p in INTRA_POINTS:
+            col = f"test/{metric}/{point_name('intra', p)}"
+            if col not in g.columns:
+                continue
+            x = g[col].drop_nulls().drop_nans()
+            if x.len() == 0:
+                continue
+            rows.append({"variant": variant, "train_rate": rate, "test_rate": p, "mean": x.mean(),
+                         "std": x.std(ddof=1) if x.len() > 1 else None, "n": x.len(), "beyond": p > rate + 1e-9})
+    t = pl.DataFrame(rows, schema=schema)
+    order = {v: i for i, v in enumerate(variants.ordered(t["variant"].to_list()))}
+    return t.sort([pl.col("variant").replace_strict(order, return_dtype=pl.Int64), "train_rate", "test_rate"])

@@ -477,7 +477,22 @@ def references_section(rep: Report, t1: pl.DataFrame | None, metric: str, datase
         frame_html(table, table_id="paper-references"))
 
 
-def table2_section(rep: Report, main: pl.DataFrame, metric: str) -> None:
+def ablation_mode_text(config: load.StudyConfig | None) -> str:
+    """Which ablation mode the study used (``studies/robustness.py``: shared or fair)."""
+    if config is None:
+        return '<p class="note">Ablation mode unknown (no MLflow parent run).</p>'
+    p = config.parent_params
+    if p.get("study.ablation_mode") == "fair":
+        return (f"<p><b>Ablation mode: fair.</b> Every variant was tuned by its own study with the same budget "
+                f"({esc(p.get('study.fair_trials'))} configurations, at most {esc(p.get('study.fair_epochs'))} "
+                f"epochs, search seed {esc(p.get('study.fair_search_seed'))}, selecting on validation) and then "
+                f"run with its own best configuration (studies: <code>{esc(p.get('study.fair_studies'))}</code>).</p>")
+    return ("<p><b>Ablation mode: shared.</b> Every variant reuses one configuration "
+            f"({esc(p.get('study.source', 'the config'))}), chosen for FSRF, as the field's papers do; "
+            "<code>studies/robustness.py --fair</code> tunes each variant on its own.</p>")
+
+
+def table2_section(rep: Report, main: pl.DataFrame, metric: str, config: load.StudyConfig | None = None) -> None:
     t2 = tables.table2(main, metric)
     if t2.height == 0 or t2["variant"].n_unique() < 1:
         rep.omitted("table2", "Table II: ablations", "no FSRF or ablation runs")
@@ -504,7 +519,7 @@ def table2_section(rep: Report, main: pl.DataFrame, metric: str) -> None:
             + "</p>")
     if drops:
         text += "<p>Differences of the means: " + "; ".join(drops) + ".</p>"
-    rep.section("table2", "Table II: ablations", text, html_table)
+    rep.section("table2", "Table II: ablations", ablation_mode_text(config), text, html_table)
 
 
 def ceiling_section(rep: Report, main: pl.DataFrame, metric: str, complete: str, note: str | None) -> None:
@@ -576,6 +591,33 @@ def floors_section(rep: Report, main: pl.DataFrame, metric: str) -> None:
             f"one-modality floor more than {pct(yardsticks.LEAK_MARGIN, metric)} above chance with Welch p &lt; 0.05 "
             "over seeds is flagged as a leak (length, padding or position reaching the score).</p>")
     rep.section("floors", title, text, verdict, frame_html(show, table_id="table-floors"))
+
+
+def grid_section(rep: Report, runs: pl.DataFrame, metric: str) -> None:
+    """The train-rate x test-rate grid (``--train-rates``; MuteBench) and what it shows."""
+    title = "Train rate x test rate"
+    grid = robustness.rate_grid(runs, metric)
+    if grid.height == 0:
+        rep.omitted("grid", title, "no runs at constant training rates (run the study with --train-rates)")
+        return
+    rep.csv(grid, f"rate_grid_{metric}")
+    fig = rep.figure(figures.grid_figure(grid, metric=metric), "rate_grid",
+                     "Mean test score over seeds at each test intra rate (columns) for each constant training "
+                     "rate (rows); hatched: test rate above the training rate")
+    notes = []
+    for (v,), g in grid.group_by(["variant"], maintain_order=True):
+        best = {}
+        for (p,), h in g.group_by(["test_rate"], maintain_order=True):
+            top = h.sort("mean", descending=True).row(0, named=True)
+            best[p] = top["train_rate"]
+        at = {p: best[p] for p in (0.1, 0.5, 0.9) if p in best}
+        notes.append(f"{esc(tables.variant_name(v))}: the best training rate is "
+                     + ", ".join(f"{r:g} at test rate {p:g}" for p, r in at.items()))
+    text = ("<p>Every variant trained at each constant missing rate (<code>missing.schedule=constant</code>, "
+            "<code>missing.p0</code> = the row) and tested on the intra curve (the columns). A model is trained "
+            "for the rates up to its row; hatched cells test beyond that. "
+            + "; ".join(notes) + ".</p>")
+    rep.section("grid", title, fig, text)
 
 
 def health_section(rep: Report, main: pl.DataFrame) -> None:
@@ -908,9 +950,10 @@ def write_report(inputs: Inputs, folder: Path, *, metric: str = HEADLINE, extra_
         references_section(rep, facts.get("t1"), metric, dataset, references)
     ceiling_section(rep, main, metric, complete, inputs.ceiling_note)
     floors_section(rep, main, metric)
-    table2_section(rep, main, metric)
+    table2_section(rep, main, metric, config)
     health_section(rep, main)
     overlap_section(rep, runs, metric, text_only=text_only)
+    grid_section(rep, runs, metric)
     probe_section(rep, inputs.representations, method=embedding, text_only=text_only)
     tuning_section(rep, inputs.study)
     cost_section(rep, config, inputs.study)
@@ -928,7 +971,7 @@ def write_report(inputs: Inputs, folder: Path, *, metric: str = HEADLINE, extra_
              + (", the weighted F1 of negative against positive sentiment with neutral labels left out"
                 if metric == HEADLINE else "") + f"{unit}.</p>"]
     if dropped:
-        intro.append(f'<p class="note">{dropped} run(s) of an overlap sweep are used only in the overlap study; '
+        intro.append(f'<p class="note">{dropped} run(s) of an overlap sweep or a rate grid are used only there; '
                      "the tables and curves use each variant's main setting.</p>")
     if facts and summary is not None and REFERENCE in facts["row"]:
         fs = facts["row"][REFERENCE]

@@ -96,6 +96,15 @@ def parse_list(text: str) -> list[str]:
     return names
 
 
+def run_overrides(name: str, *, seed: int, overlap: float | None = None, train_rate: float | None = None,
+                  tuned: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The dotted config changes of one run of variant ``name``, later ones winning: its own tuned values
+    (a fair-ablation study), the variant's overrides, the seed and paired-mask overlap, and a constant
+    training rate (the train x test grid: ``missing.schedule=constant``, ``missing.p0``)."""
+    grid = {} if train_rate is None else {"missing.schedule": "constant", "missing.p0": train_rate}
+    return {**(tuned or {}), **get(name).overrides, "seed": seed, "missing.overlap": overlap, **grid}
+
+
 def label(name: str) -> str:
     """The short name of a variant for tables and legends; an unknown name is shown as it is."""
     return BY_NAME[name].label if name in BY_NAME else name

@@ -4,6 +4,8 @@
     python studies/robustness.py --from-run <mlflow run id>       # ... or of its MLflow parent run
     python studies/robustness.py --config configs/default.yaml --seeds 5 --variants fsrf,no_dhf,no_das
     python studies/robustness.py --overlaps 0,0.5,1              # + the paired-mask overlap study (fsrf)
+    python studies/robustness.py --fair --tune-trials 12          # fair ablations: each variant tuned by its own study
+    python studies/robustness.py --train-rates 0,0.3,0.5,0.7,0.9   # the train-rate x test-rate grid
     python studies/robustness.py --smoke-test                    # 2 variants x 2 seeds, tiny, ~1 min
     python analysis/report.py --robustness-run <parent run id>   # then the report
 
@@ -17,6 +19,21 @@ condition of SPEC section 2 (Table I conditions, the intra curve p = 0.1..1.0, t
 run is a nested MLflow child run of one robustness parent run; synthetic ``fsrf`` runs also keep their
 test-set representations (R_ho, R_he, R_n and the true latents) for the factorization probe.
 ``runs.parquet`` in the study folder has one row per run.
+
+Ablation modes. **shared** (the default): every variant runs with the one configuration given (the
+config, or a tuning study's best for FSRF), as the field's papers do. **fair** (``--fair``): every
+variant first gets its own tuning study (``studies/tune_lambdas.py`` on validation, named
+``<name>-tune-<variant>``) with the same budget: ``--tune-trials`` configurations, ``--tune-epochs``
+epochs, the same ``--search-seed`` and search space, minus the params the variant itself fixes
+(late fusion's ``missing.*``); each variant then runs with its own best configuration. Closed-form
+variants (ridge) have nothing to tune. The parent run records the mode (``study.ablation_mode``) and
+the report says it.
+
+The train-rate x test-rate grid (``--train-rates``, MuteBench arXiv 2605.15235): every variant and seed
+is also trained at each constant training rate r (``missing.schedule=constant``, ``missing.p0=r``;
+the rate wins over a variant's own ``missing.*``) and tested on the whole protocol; the report draws,
+per variant, the test intra-rate against the training rate, marking cells whose test rate exceeds
+the training maximum.
 """
 
 from __future__ import annotations
@@ -47,6 +64,15 @@ def parse(argv=None) -> argparse.Namespace:
     ap.add_argument("--variants", default=",".join(variants.DEFAULT), help=f"comma list from {','.join(variants.RUNNABLE)}")
     ap.add_argument("--seeds", type=int, default=10, help="seeds per variant (default 10)")
     ap.add_argument("--overlaps", default="", help="extra fsrf runs at these missing.overlap values, e.g. 0,0.5,1")
+    ap.add_argument("--train-rates", default="", help="train every variant at these constant missing rates too "
+                                                       "(the train x test grid), e.g. 0,0.3,0.5,0.7,0.9")
+    fair = ap.add_argument_group("fair ablations (--fair)")
+    fair.add_argument("--fair", action="store_true", help="tune every variant by its own study (same budget) "
+                                                          "and run it with its own best config")
+    fair.add_argument("--tune-trials", type=int, default=12, help="configurations per variant's study (default 12)")
+    fair.add_argument("--tune-epochs", type=int, default=None, help="max epochs of a tuning trial (default: --epochs)")
+    fair.add_argument("--search-seed", type=int, default=0, help="TPE seed, the same for every variant (default 0)")
+    fair.add_argument("--space", default=None, help="search space YAML (default configs/search_space.yaml)")
     ap.add_argument("--epochs", type=int, default=None, help="training epochs (default: the config's)")
     ap.add_argument("--name", default="fsrf-robustness", help="MLflow experiment and Ray folder name")
     ap.add_argument("--tune-storage", default="runs/tune", help="where --from-study finds tuning studies")
@@ -66,8 +92,23 @@ def parse(argv=None) -> argparse.Namespace:
     return args
 
 
+def _rates(text: str, flag: str) -> list[float]:
+    from fsrf.errors import InputError
+
+    try:
+        values = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise InputError(flag, None, f"expected numbers in [0, 1], got {text!r}") from None
+    if any(not 0 <= v <= 1 for v in values):
+        raise InputError(flag, None, f"values must lie in [0, 1], got {text!r}")
+    if len(set(values)) != len(values):
+        raise InputError(flag, None, f"values repeat, got {text!r}")
+    return values
+
+
 def checked(args) -> tuple[list[str], list[float]]:
-    """The variants and overlap values of the command line; a bad one is refused naming its flag."""
+    """The variants and overlap values of the command line; a bad one is refused naming its flag (the
+    train rates are ``args.rates``; the fair mode's budget is checked here too)."""
     from fsrf.errors import InputError
 
     try:
@@ -76,12 +117,15 @@ def checked(args) -> tuple[list[str], list[float]]:
         raise InputError("--variants", None, str(err)) from None
     if args.seeds < 1:
         raise InputError("--seeds", None, f"must be >= 1, got {args.seeds}")
-    try:
-        overlaps = [float(x) for x in args.overlaps.split(",") if x.strip()]
-    except ValueError:
-        raise InputError("--overlaps", None, f"expected numbers in [0, 1], got {args.overlaps!r}") from None
-    if any(not 0 <= o <= 1 for o in overlaps):
-        raise InputError("--overlaps", None, f"values must lie in [0, 1], got {args.overlaps!r}")
+    overlaps = _rates(args.overlaps, "--overlaps")
+    args.rates = _rates(args.train_rates, "--train-rates")
+    if args.fair:
+        if args.from_study or args.from_run:
+            raise InputError("--fair", None, "tunes every variant itself: give no --from-study/--from-run")
+        if args.tune_trials < 1:
+            raise InputError("--tune-trials", None, f"must be >= 1, got {args.tune_trials}")
+        if args.tune_epochs is not None and args.tune_epochs < 1:
+            raise InputError("--tune-epochs", None, f"must be >= 1, got {args.tune_epochs}")
     return names, overlaps
 
 
@@ -114,16 +158,78 @@ def tuned_values(args, uri: str) -> tuple[dict, str]:
     return {}, "config" if args.config else "defaults"
 
 
-def run_specs(names: list[str], seeds: int, overlaps: list[float], base_seed: int) -> list[dict]:
-    specs = [{"variant": v, "seed": base_seed + i, "overlap": None} for v in names for i in range(seeds)]
+def run_specs(names: list[str], seeds: int, overlaps: list[float], base_seed: int, *,
+              train_rates: list[float] = (), tuned: dict[str, dict] | None = None) -> list[dict]:
+    """One spec per run: variant, seed, overlap (None: independent views), train_rate (None: the
+    config's schedule) and, in fair mode, the variant's own tuned values."""
+    tuned = tuned or {}
+
+    def spec(v, i, overlap=None, rate=None):
+        return {"variant": v, "seed": base_seed + i, "overlap": overlap, "train_rate": rate, "tuned": tuned.get(v, {})}
+
+    specs = [spec(v, i) for v in names for i in range(seeds)]
     # the paired-mask overlap study is about the full model
-    specs += [{"variant": variants.REFERENCE, "seed": base_seed + i, "overlap": o} for o in overlaps for i in range(seeds)]
+    specs += [spec(variants.REFERENCE, i, overlap=o) for o in overlaps for i in range(seeds)]
+    specs += [spec(v, i, rate=r) for v in names if not variants.get(v).closed_form for r in train_rates
+              for i in range(seeds)]
     return specs
 
 
 def spec_name(spec: dict) -> str:
     ov = "" if spec["overlap"] is None else f"-overlap{spec['overlap']:g}"
-    return f"{spec['variant']}{ov}-seed{spec['seed']:02d}"
+    tr = "" if spec.get("train_rate") is None else f"-train{spec['train_rate']:g}"
+    return f"{spec['variant']}{ov}{tr}-seed{spec['seed']:02d}"
+
+
+def variant_space(space_path: str, variant: variants.Variant, folder: Path) -> str:
+    """The search space of a variant's own tuning study: the shared space minus the params the variant
+    fixes (its overrides), written to ``folder``; the shared file itself when it fixes none."""
+    from fsrf.config import read_yaml_mapping
+
+    raw = read_yaml_mapping(space_path, what="search space file", mapping="a mapping with a 'params' section")
+    params = {k: v for k, v in (raw.get("params") or {}).items() if k not in variant.overrides}
+    if len(params) == len(raw.get("params") or {}):
+        return space_path
+    import yaml
+
+    out = folder / f"space-{variant.name}.yaml"
+    out.write_text(yaml.safe_dump({**raw, "params": params}, sort_keys=False))
+    return str(out)
+
+
+def fair_tuning(args, names: list[str], uri: str, epochs: int) -> tuple[dict[str, dict], dict[str, str]]:
+    """Fair mode: one tuning study per variant with the same budget; returns each variant's best values
+    (empty for closed-form variants) and its study's name. Each study is a ``studies/tune_lambdas.py``
+    run (own MLflow parent run and Optuna store under ``--tune-storage``), selecting on validation only."""
+    import tempfile
+
+    from fsrf.errors import InputError
+    from studies import tune_lambdas
+
+    space = args.space or str(tune_lambdas.ROOT / "configs" / "search_space.yaml")
+    tuned, studies = {}, {}
+    folder = Path(tempfile.mkdtemp(prefix="fsrf-fair-"))
+    for name in names:
+        variant = variants.get(name)
+        if variant.closed_form:
+            tuned[name] = {}
+            continue
+        study = f"{args.name}-tune-{name}"
+        argv = ["--name", study, "--num-samples", str(args.tune_trials), "--max-epochs", str(args.tune_epochs or epochs),
+                "--grace-period", str(min(3, args.tune_epochs or epochs)), "--search-seed", str(args.search_seed),
+                "--space", variant_space(space, variant, folder), "--storage", args.tune_storage,
+                "--tracking-uri", uri, "--cpus-per-trial", str(args.cpus_per_run)]
+        argv += ["--config", args.config] if args.config else []
+        argv += ["--address", args.address] if args.address else ["--cpus", str(args.cpus)] if args.cpus else []
+        for override in [*args.overrides, *(f"{k}={v}" for k, v in variant.overrides.items())]:
+            argv += ["--set", override]
+        print(f"fair ablations: tuning {name} ({args.tune_trials} trials, <= {args.tune_epochs or epochs} epochs, "
+              f"search seed {args.search_seed})", file=sys.stderr, flush=True)
+        if tune_lambdas.main(argv) != 0:
+            raise InputError("--fair", None, f"the tuning study of {name} ({study}) failed: no best config")
+        summary = json.loads((Path(args.tune_storage) / study / "summary.json").read_text())
+        tuned[name], studies[name] = summary.get("best_config") or {}, study
+    return tuned, studies
 
 
 def main(argv=None) -> int:
@@ -141,11 +247,15 @@ def main(argv=None) -> int:
     base = build_config(apply_overrides(base_cfg.model_dump(), {k: parse_value(v) for k, v in tuned.items()}),
                         where=source)
     epochs = args.epochs or base.train.epochs
-    specs = run_specs(names, args.seeds, overlaps, base.seed)
+    specs = run_specs(names, args.seeds, overlaps, base.seed, train_rates=args.rates)
     for spec in specs:  # refuse a bad variant config before anything starts
-        build_config(apply_overrides(base.model_dump(), {**variants.get(spec["variant"]).overrides, "seed": spec["seed"]}),
-                     where=spec_name(spec))
+        build_config(apply_overrides(base.model_dump(), _config_changes(spec)), where=spec_name(spec))
     runtime.check_data(base)
+    mode, tuning_studies = "shared", {}
+    if args.fair:
+        per_variant, tuning_studies = fair_tuning(args, names, uri, epochs)
+        specs = run_specs(names, args.seeds, overlaps, base.seed, train_rates=args.rates, tuned=per_variant)
+        mode, source = "fair", f"each variant's own tuning study ({args.name}-tune-<variant>)"
 
     from ray import tune
 
@@ -170,7 +280,12 @@ def main(argv=None) -> int:
     study_params = {"study.name": args.name, "study.objective": tags["fsrf.objective"],
                     "study.variants": ",".join(names), "study.seeds": args.seeds, "study.epochs": epochs,
                     "study.overlaps": args.overlaps or "None", "study.source": source,
-                    "study.selection": SELECTION_RULE}
+                    "study.selection": SELECTION_RULE, "study.ablation_mode": mode,
+                    "study.train_rates": args.train_rates or "None"}
+    if args.fair:
+        study_params.update({"study.fair_trials": args.tune_trials, "study.fair_epochs": args.tune_epochs or epochs,
+                             "study.fair_search_seed": args.search_seed,
+                             "study.fair_studies": ",".join(f"{v}:{s}" for v, s in tuning_studies.items())})
     parent = study.open(run_name=f"robustness-{args.name}",
                         tags={**tags, ROLE_TAG: ROLE_ROBUSTNESS, "fsrf.source": source},
                         params={**study_params, **{f"base.{k}": v for k, v in flatten(base).items()}})
@@ -182,8 +297,9 @@ def main(argv=None) -> int:
                                     tags_fn=lambda trial: {"fsrf.variant": trial.config["spec"]["variant"]},
                                     artifacts=("metrics.json", "representations.npz"), early_stopping=False)
     print(f"robustness study {args.name}: {len(specs)} runs ({', '.join(names)} x {args.seeds} seeds"
-          f"{' + overlaps ' + args.overlaps if overlaps else ''}), {epochs} epochs each, {concurrent} at a time; "
-          f"config from {source}", file=sys.stderr, flush=True)
+          f"{' + overlaps ' + args.overlaps if overlaps else ''}{' + train rates ' + args.train_rates if args.rates else ''})"
+          f", {epochs} epochs each, {concurrent} at a time; {mode} ablations, config from {source}",
+          file=sys.stderr, flush=True)
     results = study.fit(lambda: tune.Tuner(
         trainable, param_space={"spec": tune.grid_search(specs)},
         tune_config=tune.TuneConfig(max_concurrent_trials=concurrent),
@@ -207,10 +323,14 @@ def main(argv=None) -> int:
     return 0
 
 
+def _config_changes(spec: dict) -> dict:
+    return variants.run_overrides(spec["variant"], seed=spec["seed"], overlap=spec["overlap"],
+                                  train_rate=spec.get("train_rate"), tuned=spec.get("tuned"))
+
+
 def _spec_params(spec: dict) -> dict:
-    """What a run changes in the base config: its variant's switches, its seed and overlap."""
-    return {**variants.get(spec["variant"]).overrides, "variant": spec["variant"], "seed": spec["seed"],
-            "missing.overlap": spec["overlap"]}
+    """What a run changes in the base config (``variants.run_overrides``), with its variant and training rate."""
+    return {**_config_changes(spec), "variant": spec["variant"], "train_rate": spec.get("train_rate")}
 
 
 def runs_table(results, tracker):
@@ -229,11 +349,13 @@ def runs_table(results, tracker):
             continue
         spec = r.config["spec"]
         row = {"run_id": tracker.runs.get(r.metrics.get("trial_id")), "variant": spec["variant"],
-               "seed": spec["seed"], "overlap": spec["overlap"], "best_epoch": r.metrics.get("best_epoch"),
+               "seed": spec["seed"], "overlap": spec["overlap"], "train_rate": spec.get("train_rate"),
+               "best_epoch": r.metrics.get("best_epoch"),
                "cpu_s": r.metrics.get("cost/cpu_s"), "wall_s": r.metrics.get("cost/wall_s")}
         row.update({k: v for k, v in r.metrics.items() if k.startswith(("test/", "health/"))})
         rows.append(row)
-    schema = {"run_id": pl.String, "variant": pl.String, "seed": pl.Int64, "overlap": pl.Float64}
+    schema = {"run_id": pl.String, "variant": pl.String, "seed": pl.Int64, "overlap": pl.Float64,
+              "train_rate": pl.Float64}
     return pl.DataFrame(rows, schema_overrides=schema, infer_schema_length=None) if rows else pl.DataFrame(schema=schema)
 
 
@@ -244,7 +366,7 @@ def print_summary(table, wall: float, n_specs: int) -> None:
 
     print(f"\n{len(table)}/{n_specs} runs finished in {wall / 60:.1f} min; test {HEADLINE}, mean +- std over seeds:")
     cols = [c for c in ("lav", "avg_missing", "intra_avg", "l") if f"test/{HEADLINE}/{c}" in table.columns]
-    plain = table.filter(pl.col("overlap").is_null())
+    plain = table.filter(pl.col("overlap").is_null() & pl.col("train_rate").is_null())
     for (variant,), g in plain.group_by("variant", maintain_order=True):
         cells = "  ".join(f"{c} {g[f'test/{HEADLINE}/{c}'].mean():.4f}+-{(g[f'test/{HEADLINE}/{c}'].std() or 0):.4f}"
                           for c in cols)

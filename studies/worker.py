@@ -276,12 +276,14 @@ def _flatten(cfg: RunConfig) -> dict[str, Any]:
 
 
 def robustness_config(settings: TrialSettings, spec: dict[str, Any]) -> RunConfig:
-    """The config of one robustness run: the base, its variant's overrides (``fsrf.variants``), its seed
-    and its paired-mask overlap (None: independent views)."""
+    """The config of one robustness run: the base changed by ``variants.run_overrides`` (tuned values in a
+    fair study, the variant's overrides, its seed, its paired-mask overlap (None: independent views) and
+    a constant training rate in the train x test grid)."""
     from fsrf.config import apply_overrides
 
-    flat = {**settings.base, **variants.get(spec["variant"]).overrides, "seed": spec["seed"],
-            "missing.overlap": spec["overlap"], "train.epochs": settings.max_epochs, "train.threads": settings.threads}
+    flat = {**settings.base, **variants.run_overrides(spec["variant"], seed=spec["seed"], overlap=spec["overlap"],
+                                                      train_rate=spec.get("train_rate"), tuned=spec.get("tuned")),
+            "train.epochs": settings.max_epochs, "train.threads": settings.threads}
     return build_config(apply_overrides({}, flat), where="robustness run")
 
 
