@@ -38,14 +38,14 @@ if str(ROOT) not in sys.path:  # run as `python analysis/report.py` from a check
     sys.path.insert(0, str(ROOT))
 
 from analysis import load  # noqa: E402
-from fsrf.errors import InputError, run_main  # noqa: E402
+from fsrf.errors import ArgumentParser, InputError, plain_name, run_main  # noqa: E402
 from fsrf.protocol import HEADLINE  # noqa: E402
 
 METRICS = ("Non0_F1_score", "Non0_acc_2", "Has0_F1_score", "Has0_acc_2", "Mult_acc_5", "Mult_acc_7", "MAE", "Corr")
 
 
 def parse(argv=None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__,
+    ap = ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--robustness-run", help="run id of the robustness study's MLflow parent run")
     ap.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or ./mlflow.db)")
@@ -59,6 +59,13 @@ def parse(argv=None) -> argparse.Namespace:
     args = ap.parse_args(argv)
     if not args.robustness_run and not args.runs_parquet:
         raise InputError("report", None, "pass --robustness-run <parent run id> or --runs-parquet <path>")
+    if args.robustness_run:
+        plain_name(args.robustness_run, "--robustness-run", becomes="the default out folder reports/robustness-<id>")
+    out = Path(args.out) if args.out else None
+    if out is not None and out.exists() and (not out.is_dir() or (any(out.iterdir())
+                                                                  and not (out / "report.html").is_file())):
+        raise InputError("--out", None, f"{out} exists and is not a report folder (no report.html): a report "
+                                        "replaces its out folder, so give a new or a report's folder")
     extra = [m.strip() for m in args.extra_metrics.split(",") if m.strip()]
     for flag, m in [("--metric", args.metric), *(("--extra-metrics", e) for e in extra)]:
         if m not in METRICS:

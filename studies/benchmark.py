@@ -29,6 +29,7 @@ from pathlib import Path
 if not __package__:  # `python studies/benchmark.py` from a checkout: make `studies` and `fsrf` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from fsrf.errors import ArgumentParser  # noqa: E402
 from studies._cli import run_main  # noqa: E402
 
 import numpy as np
@@ -226,7 +227,7 @@ def bench_ray_train(base: list[str], repeats: int) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__,
+    ap = ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", default=",".join(FIGURES), help=f"comma list from {','.join(FIGURES)}")
     ap.add_argument("--repeats", type=int, default=5)
@@ -239,6 +240,12 @@ def main(argv=None) -> int:
     bad = [f for f in only if f not in FIGURES]
     if bad:
         raise InputError("--only", None, f"unknown figure {bad[0]!r}; choose from {', '.join(FIGURES)}")
+    if not only:
+        raise InputError("--only", None, f"no figure given; choose from {', '.join(FIGURES)}")
+    if args.repeats < 1:
+        raise InputError("--repeats", None, f"must be >= 1, got {args.repeats}")
+    if Path(args.output).is_dir():
+        raise InputError("--output", None, f"{args.output} is a folder: give the JSON file to write")
     base = ["train.threads=2"]
     if args.smoke_test:
         base += ["data.size_scale=0.05", "model.width=16", "model.seq_width=8"]

@@ -15,7 +15,6 @@ The layout is documented in ``fsrf/readers.py``.
 
 from __future__ import annotations
 
-import argparse
 import pickle
 import sys
 import tempfile
@@ -50,7 +49,9 @@ def _smoke_test() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    from fsrf.errors import ArgumentParser
+
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("pickle", nargs="?", type=Path, help="MMSA file, e.g. aligned_50.pkl")
     parser.add_argument("--trust-pickle", action="store_true", help="allow loading the pickle (runs its code)")
     parser.add_argument("--out", type=Path, help="output .npz (default: the input's name with .npz)")

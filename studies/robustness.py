@@ -47,6 +47,7 @@ if not __package__:  # `python studies/robustness.py` from a checkout: make `stu
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fsrf import variants
+from fsrf.errors import ArgumentParser, InputError, plain_name
 from studies._cli import run_main
 
 SMOKE = ["data.size_scale=0.05", "model.width=32", "model.seq_width=16", "train.epochs=2"]
@@ -54,7 +55,7 @@ SMOKE_VARIANTS = "fsrf,late_fusion"
 
 
 def parse(argv=None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__,
+    ap = ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     src = ap.add_mutually_exclusive_group()
     src.add_argument("--from-study", metavar="NAME", help="use the best config of tuning study NAME (--tune-storage)")
@@ -69,9 +70,9 @@ def parse(argv=None) -> argparse.Namespace:
     fair = ap.add_argument_group("fair ablations (--fair)")
     fair.add_argument("--fair", action="store_true", help="tune every variant by its own study (same budget) "
                                                           "and run it with its own best config")
-    fair.add_argument("--tune-trials", type=int, default=12, help="configurations per variant's study (default 12)")
+    fair.add_argument("--tune-trials", type=int, default=None, help="configurations per variant's study (default 12)")
     fair.add_argument("--tune-epochs", type=int, default=None, help="max epochs of a tuning trial (default: --epochs)")
-    fair.add_argument("--search-seed", type=int, default=0, help="TPE seed, the same for every variant (default 0)")
+    fair.add_argument("--search-seed", type=int, default=None, help="TPE seed, the same for every variant (default 0)")
     fair.add_argument("--space", default=None, help="search space YAML (default configs/search_space.yaml)")
     ap.add_argument("--epochs", type=int, default=None, help="training epochs (default: the config's)")
     ap.add_argument("--name", default="fsrf-robustness", help="MLflow experiment and Ray folder name")
@@ -93,8 +94,6 @@ def parse(argv=None) -> argparse.Namespace:
 
 
 def _rates(text: str, flag: str) -> list[float]:
-    from fsrf.errors import InputError
-
     try:
         values = [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
@@ -108,9 +107,8 @@ def _rates(text: str, flag: str) -> list[float]:
 
 def checked(args) -> tuple[list[str], list[float]]:
     """The variants and overlap values of the command line; a bad one is refused naming its flag (the
-    train rates are ``args.rates``; the fair mode's budget is checked here too)."""
-    from fsrf.errors import InputError
-
+    train rates are ``args.rates``), and so is a flag that contradicts another, before anything is
+    written or started."""
     try:
         names = variants.parse_list(args.variants)
     except ValueError as err:
@@ -119,13 +117,37 @@ def checked(args) -> tuple[list[str], list[float]]:
         raise InputError("--seeds", None, f"must be >= 1, got {args.seeds}")
     overlaps = _rates(args.overlaps, "--overlaps")
     args.rates = _rates(args.train_rates, "--train-rates")
+    plain_name(args.name, "--name", becomes=f"the folder {args.storage}/<name>, the MLflow experiment <name> and, "
+                                            "with --fair, the tuning studies <name>-tune-<variant>")
+    for flag, value, low in (("--epochs", args.epochs, 1), ("--cpus", args.cpus, 1e-9),
+                             ("--cpus-per-run", args.cpus_per_run, 1e-9), ("--max-failures", args.max_failures, 0)):
+        if value is not None and value < low:
+            raise InputError(flag, None, f"must be {'> 0' if low < 1 else f'>= {low}'}, got {value}")
+    if args.cpus is not None and args.address:
+        raise InputError("--cpus", None, "sizes a local Ray; with --address the cluster has its own CPUs")
+    if args.cpus is not None and args.cpus_per_run > args.cpus:
+        raise InputError("--cpus-per-run", None, f"{args.cpus_per_run:g} is more than --cpus {args.cpus:g}: "
+                                                 "no run could ever start")
+    if overlaps and variants.REFERENCE not in names:
+        raise InputError("--overlaps", None, f"the overlap study trains {variants.REFERENCE}: add it to --variants")
+    if args.rates and all(variants.get(v).closed_form for v in names):
+        raise InputError("--train-rates", None, "every variant given is closed form (no training): nothing to grid")
+    fair_only = [flag for flag, value in (("--tune-trials", args.tune_trials), ("--tune-epochs", args.tune_epochs),
+                                          ("--search-seed", args.search_seed), ("--space", args.space))
+                 if value is not None]
+    if fair_only and not args.fair:
+        raise InputError(fair_only[0], None, "only applies with --fair (each variant its own tuning study)")
     if args.fair:
         if args.from_study or args.from_run:
             raise InputError("--fair", None, "tunes every variant itself: give no --from-study/--from-run")
+        args.tune_trials = 12 if args.tune_trials is None else args.tune_trials
+        args.search_seed = 0 if args.search_seed is None else args.search_seed
         if args.tune_trials < 1:
             raise InputError("--tune-trials", None, f"must be >= 1, got {args.tune_trials}")
         if args.tune_epochs is not None and args.tune_epochs < 1:
             raise InputError("--tune-epochs", None, f"must be >= 1, got {args.tune_epochs}")
+        if args.space is not None and not Path(args.space).is_file():
+            raise InputError(args.space, "--space", "search space file not found")
     return names, overlaps
 
 

@@ -28,13 +28,14 @@ from pathlib import Path
 if not __package__:  # `python studies/train.py` from a checkout: make `studies` and `fsrf` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from fsrf.errors import ArgumentParser
 from studies._cli import run_main
 
 SMOKE = ["data.size_scale=0.05", "train.epochs=2", "model.width=32", "model.seq_width=16"]
 
 
 def parse(argv=None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+    ap = ArgumentParser(description=__doc__.split("\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     ap.add_argument("--config", help="YAML config (default: built-in defaults)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",

@@ -7,7 +7,6 @@ import math
 
 import numpy as np
 import pytest
-import torch
 
 from fsrf import ceiling as C
 from fsrf.config import load_config
