@@ -511,7 +511,7 @@ def table2_section(rep: Report, main: pl.DataFrame, metric: str, config: load.St
                "Inter-MM": "the mean of the six incomplete Table I conditions"}
     ablations = [variants.description(v) for v in t2["variant"].unique(maintain_order=True)
                  if v != REFERENCE and variants.description(v)]
-    baselines = [esc(tables.variant_name(v)) for v in variants.BASELINES]
+    baselines = [esc(tables.variant_name(v)) for v in variants.BASELINES if not variants.BY_NAME[v].oracle]
     text = (f"<p>FSRF against its ablations ({'; '.join(ablations) or 'none were run'}). Columns: {cols}; "
             + ", ".join(f"{lab} is {meaning[lab]}" for lab in t2["column"].unique(maintain_order=True))
             + ". Cells as in Table I (mean ± std over seeds, * p &lt; 0.05 against FSRF)."

@@ -318,12 +318,41 @@ def seed_everything(seed: int) -> None:
 Report = Callable[[int, dict[str, float], Callable[[], dict]], None]
 
 
+def choose_device(use_gpu: bool, *, index: int | None = None, log: Callable[[str], None] | None = None,
+                  cuda=torch.cuda) -> torch.device:
+    """The device a run trains on: ``cuda:<index>`` when ``train.use_gpu`` is set and CUDA has that device,
+    else the CPU, said in one line through ``log`` when a GPU was asked for and no CUDA device exists.
+
+    ``index`` is the device's position among those this process sees: a Ray trial sees only the GPUs Ray
+    assigned to it (``CUDA_VISIBLE_DEVICES``), so a trial holding a share of one GPU trains on ``cuda:0``
+    whichever GPU of the node it is (``studies.worker.local_gpu_index``). None: the current CUDA device
+    (what Ray Train's backend and torchrun set per process). ``cuda`` is ``torch.cuda``; the tests pass a
+    stand-in to exercise the choice on a machine without CUDA.
+    """
+    if not use_gpu:
+        return torch.device("cpu")
+    count = cuda.device_count() if cuda.is_available() else 0
+    if count == 0:
+        if log is not None:
+            build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
+            log(f"train.use_gpu is set but no CUDA device exists here (torch {torch.__version__}, {build}): "
+                "training on CPU")
+        return torch.device("cpu")
+    index = cuda.current_device() if index is None else index
+    if not 0 <= index < count:  # a wrong CUDA_VISIBLE_DEVICES: never train on another trial's GPU
+        raise RuntimeError(f"CUDA device {index} requested but this process sees {count} device(s)")
+    return torch.device(f"cuda:{index}")
+
+
 def fit(cfg: RunConfig, *, prep: Prepared | None = None, report: Report | None = None,
-        resume: dict | None = None, evaluate_test: bool = True, log: Callable[[str], None] | None = None) -> RunResult:
+        resume: dict | None = None, evaluate_test: bool = True, log: Callable[[str], None] | None = None,
+        device: torch.device | None = None) -> RunResult:
     """Train one configuration and evaluate it under the whole protocol.
 
     ``report(epoch, metrics, state)`` is called after every epoch with the epoch's train and validation
     metrics; ``state()`` returns a dict that ``resume=`` accepts to continue from that epoch.
+    ``device``: where to train (a Ray trial passes the GPU Ray assigned to it); default
+    ``choose_device(cfg.train.use_gpu)``, which says through ``log`` when it falls back to the CPU.
     """
     start = time.time()
     log = log or (lambda s: print(s, file=sys.stderr, flush=True))
@@ -340,14 +369,11 @@ def fit(cfg: RunConfig, *, prep: Prepared | None = None, report: Report | None =
         have = [c.name for c in conditions_for(prep.modalities, burst=False) if c.kind == "table"]
         notes.append(f"data has only {'+'.join(prep.modalities)}: of Table I only {', '.join(have)} are "
                      "evaluated, and avg_missing (the mean over the paper's six) is not")
-    device = torch.device("cuda" if cfg.train.use_gpu and torch.cuda.is_available() else "cpu")
+    device = device if device is not None else choose_device(cfg.train.use_gpu, log=log)
     model = build_model(cfg, prep).to(device)
     # Data parallelism for whoever started a process group (Ray Train, torchrun); the loop needs no Ray.
     distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
     rank, world = (torch.distributed.get_rank(), torch.distributed.get_world_size()) if distributed else (0, 1)
-    if distributed:
-        device = torch.device(f"cuda:{torch.cuda.current_device()}") if device.type == "cuda" else device
-        model = model.to(device)
     net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     enc_params = [p for n, p in model.named_parameters() if n.startswith("encoders.l.bert.") and p.requires_grad]
     rest = [p for n, p in model.named_parameters() if not n.startswith("encoders.l.bert.")]
