@@ -30,8 +30,10 @@ from studies import tracking
 from studies._cli import ROOT
 
 
-def start_ray(address: str | None, cpus: float | None) -> float:
-    """Join the cluster at ``address`` or start a local Ray with explicit CPUs; returns the cluster's CPUs.
+def start_ray(address: str | None, cpus: float | None, gpus: float | None = None) -> float:
+    """Join the cluster at ``address`` or start a local Ray with explicit CPUs (and ``gpus`` logical GPUs:
+    Ray schedules and assigns them as if they were real, which is how the GPU packing is tested on a
+    machine without one; None: the GPUs Ray detects); returns the cluster's CPUs.
 
     Ray workers run in Ray's session folder: the repository goes on their PYTHONPATH (a checkout that
     was not pip-installed still works) and Hugging Face stays offline.
@@ -48,8 +50,19 @@ def start_ray(address: str | None, cpus: float | None) -> float:
         ray.init(address=address, runtime_env={"env_vars": env})
     else:
         env["PYTHONPATH"] = str(ROOT)
-        ray.init(num_cpus=cpus or os.cpu_count(), include_dashboard=False, runtime_env={"env_vars": env})
+        ray.init(num_cpus=cpus or os.cpu_count(), num_gpus=gpus, include_dashboard=False,
+                 runtime_env={"env_vars": env})
     return float(ray.cluster_resources().get("CPU", 1))
+
+
+def node_resources() -> list[tuple[float, float]]:
+    """(CPUs, GPUs) of every alive node of the cluster Ray is connected to: trials are placed per node
+    (a share of a GPU must fit in one GPU, a trial's bundle on one node), so the study's concurrency is
+    computed from these, not from the cluster's totals (``studies.capacity.trials_at_once``)."""
+    import ray
+
+    return [(float(n["Resources"].get("CPU", 0)), float(n["Resources"].get("GPU", 0)))
+            for n in ray.nodes() if n.get("Alive")]
 
 
 def check_data(cfg) -> None:
@@ -263,6 +276,26 @@ class ProgressPrinter(tune.Callback):
 
 class _Done:
     status = "TERMINATED"
+
+
+class PlacementParams(tune.Callback):
+    """Logs where each trial trained as params of its MLflow run (``ray.gpu_ids``, ``ray.device``), from the
+    trial's first report (``studies.worker.PLACEMENT``): only the trial knows which GPU Ray gave it.
+
+    Runs after ``tracker`` (``tracking.TrialTracker``) in the callback list, which has created the run.
+    A trial retried on another GPU keeps its first values (MLflow params are immutable).
+    """
+
+    def __init__(self, tracker: tracking.TrialTracker):
+        self.tracker = tracker
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        import json
+
+        from studies.worker import PLACEMENT
+
+        if isinstance(result.get(PLACEMENT), str):
+            tracking.log_params(self.tracker.client, self.tracker.run_for(trial), json.loads(result[PLACEMENT]))
 
 
 class PlacementGroupReaper(tune.Callback):

@@ -6,6 +6,8 @@
         --tracking-uri http://10.0.0.5:5000               # on a cluster, with a shared tracking server
     python studies/tune_lambdas.py --resume               # continue an interrupted study
     python studies/tune_lambdas.py --seeds-per-config 3   # each configuration over 3 training seeds, select on the mean
+    python studies/tune_lambdas.py --address auto --gpus-per-trial 0.25   # four trials share each GPU of a cluster
+    python studies/tune_lambdas.py --dry-run --gpus 8 --gpus-per-trial 0.25   # the capacity plan; starts nothing
     mlflow ui --backend-store-uri sqlite:///$PWD/mlflow.db  # then open #/experiments/<id>/runs
 
 Ray Tune runs the trials (OptunaSearch, seeded TPE; ASHA stops weak trials early on the per-epoch
@@ -13,6 +15,14 @@ validation objective). The objective is validation-only: the mean ``Non0_F1_scor
 six missing conditions and the ten intra-curve points at each trial's best epoch. Test metrics are
 never computed here; they belong to the robustness study. ``--multi-objective`` searches complete-
 modality F1 (``lav``) against ``avg_missing`` F1 and prints the Pareto front.
+
+GPUs: ``--gpus-per-trial G`` gives every trial (with ``--workers-per-trial N``, every Ray Train worker)
+G GPUs, a fraction when trials share one (0.25: four per GPU); the study runs as many trials at once
+as the cluster's nodes hold by CPUs *and* GPUs, each trains on the GPU Ray assigned it (params
+``ray.gpu_ids``, ``ray.device``) and ``train.use_gpu`` follows. ``--gpus N`` gives a local Ray N logical
+GPUs (how the packing is tested on a CPU machine; no CUDA there: the trials say so and train on the
+CPU). ``--dry-run`` prints the capacity plan (``studies/capacity.py``: measured memory per trial, trials
+per GPU, trials per hour on 8 GPUs) and exits without starting or writing anything.
 
 Seeds are an axis: ``--search-seed`` seeds the sampler, the config's ``seed`` the training, and
 ``--seeds-per-config K`` trains every proposed configuration with K training seeds (``seed``,
@@ -41,12 +51,15 @@ if not __package__:  # `python studies/tune_lambdas.py` from a checkout: make `s
 from studies._cli import ROOT, run_main
 
 SMOKE = ["data.size_scale=0.05", "model.width=32", "model.seq_width=16"]
+GRACE = 3  # ASHA's default grace period (epochs), cut to --max-epochs when that is shorter
 STATE_FILE = "fsrf_study.json"  # in the study folder: the MLflow parent run that --resume continues
 
 
 def parse(argv=None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    from fsrf.errors import ArgumentParser
+
+    ap = ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", help="base run config YAML (default: built-in defaults)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="override a base config field, e.g. data.preset=mosei (repeatable)")
@@ -55,7 +68,8 @@ def parse(argv=None) -> argparse.Namespace:
     ap.add_argument("--num-samples", type=int, default=24,
                     help="configurations to try (default 24); trials = this x --seeds-per-config")
     ap.add_argument("--max-epochs", type=int, default=12, help="epochs of a trial that ASHA never stops (default 12)")
-    ap.add_argument("--grace-period", type=int, default=3, help="ASHA: epochs before a trial can be stopped")
+    ap.add_argument("--grace-period", type=int, default=None,
+                    help=f"ASHA: epochs before a trial can be stopped (default {GRACE}, at most --max-epochs)")
     ap.add_argument("--search-seed", type=int, default=0, help="seed of the TPE sampler (not of training)")
     ap.add_argument("--seeds-per-config", type=int, default=1,
                     help="training seeds per configuration; the study selects on their mean (default 1)")
@@ -66,7 +80,14 @@ def parse(argv=None) -> argparse.Namespace:
                     help="0: plain function trainable (default, cheapest); N: Ray Train TorchTrainer with N workers")
     ap.add_argument("--cpus", type=float, default=None, help="CPUs for a local Ray (default: all cores)")
     ap.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs held by one trial (default 1)")
-    ap.add_argument("--gpus-per-worker", type=int, default=0, help="1: use_gpu for Train workers")
+    ap.add_argument("--gpus", type=float, default=None,
+                    help="logical GPUs of a local Ray (default: those Ray finds); with --dry-run: the cluster's (default 8)")
+    ap.add_argument("--gpus-per-trial", type=float, default=None,
+                    help="GPUs held by one trial, or by each Train worker: a share of one GPU (0.25: four trials per "
+                         "GPU) or whole GPUs (default 0: CPU only); train.use_gpu follows")
+    ap.add_argument("--gpus-per-worker", type=float, default=None, help=argparse.SUPPRESS)  # former name of --gpus-per-trial
+    ap.add_argument("--dry-run", action="store_true",
+                    help="print the capacity plan (memory per trial, trials per GPU, trials per hour) and exit")
     ap.add_argument("--max-failures", type=int, default=2, help="retries of a crashed trial from its checkpoint")
     ap.add_argument("--address", help="attach to a running Ray cluster (default: start a local one)")
     ap.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or ./mlflow.db)")
@@ -77,7 +98,6 @@ def parse(argv=None) -> argparse.Namespace:
     if args.smoke_test:
         args.num_samples, args.max_epochs, args.grace_period = 2, 2, 1
         args.overrides = SMOKE + args.overrides
-    args.grace_period = min(args.grace_period, args.max_epochs)
     return args
 
 
@@ -92,17 +112,68 @@ def multi_objective() -> list[str]:
 
 
 def validate(args) -> None:
-    from fsrf.errors import InputError
+    """Refuse a bad flag, and flags that contradict each other, naming the flag, before anything is read,
+    written or started; fill in what follows from the others (the grace period, the GPUs per trial).
+    Looks at the command line only (the cluster files' commands are checked with it)."""
+    from fsrf.errors import InputError, plain_name
 
-    checks = [("--num-samples", args.num_samples >= 1), ("--max-epochs", args.max_epochs >= 1),
-              ("--grace-period", 1 <= args.grace_period <= args.max_epochs),
-              ("--workers-per-trial", args.workers_per_trial >= 0), ("--cpus-per-trial", args.cpus_per_trial > 0),
-              ("--max-failures", args.max_failures >= 0), ("--cpus", args.cpus is None or args.cpus > 0),
-              ("--seeds-per-config", args.seeds_per_config >= 1),
-              ("--time-budget", args.time_budget is None or args.time_budget > 0)]
-    for flag, ok in checks:
-        if not ok:
-            raise InputError(flag, None, f"invalid value {getattr(args, flag[2:].replace('-', '_'))!r}")
+    def bad(flag: str, message: str):
+        raise InputError(flag, None, message)
+
+    for flag, value, low in (("--num-samples", args.num_samples, 1), ("--max-epochs", args.max_epochs, 1),
+                             ("--seeds-per-config", args.seeds_per_config, 1), ("--workers-per-trial", args.workers_per_trial, 0),
+                             ("--max-failures", args.max_failures, 0), ("--search-seed", args.search_seed, 0)):
+        if value < low:
+            bad(flag, f"must be >= {low}, got {value}")
+    for flag, value in (("--cpus-per-trial", args.cpus_per_trial), ("--cpus", args.cpus), ("--time-budget", args.time_budget)):
+        if value is not None and not value > 0:  # `not >`: NaN too
+            bad(flag, f"must be > 0, got {value:g}")
+    for flag, value in (("--gpus", args.gpus), ("--gpus-per-trial", args.gpus_per_trial),
+                        ("--gpus-per-worker", args.gpus_per_worker)):
+        if value is not None and not value >= 0:
+            bad(flag, f"must be >= 0, got {value:g}")
+    plain_name(args.name, "--name", becomes=f"the folder {args.storage}/<name> and the MLflow experiment <name>")
+    # the grace period: ASHA's, cut to a short study's length unless given; given, it must fit the study
+    fifo = "--multi-objective" if args.multi_objective else "--seeds-per-config" if args.seeds_per_config > 1 else None
+    if args.grace_period is None:
+        args.grace_period = min(GRACE, args.max_epochs)
+    elif not args.smoke_test:
+        if args.grace_period < 1:
+            bad("--grace-period", f"must be >= 1, got {args.grace_period}")
+        if args.grace_period > args.max_epochs:
+            bad("--grace-period", f"{args.grace_period} is longer than --max-epochs {args.max_epochs}: ASHA could "
+                                  f"never stop a trial (give at most {args.max_epochs})")
+        if fifo:
+            bad("--grace-period", f"applies to ASHA, and {fifo} runs every trial to --max-epochs (FIFO)")
+    if args.seeds_per_config > 1 and args.multi_objective:
+        bad("--seeds-per-config", "selects a configuration on its mean objective over seeds; --multi-objective "
+                                  "has two objectives and a Pareto front of trials: give one of them")
+    # GPUs: --gpus-per-worker is the former name of --gpus-per-trial
+    if args.gpus_per_worker is not None:
+        if args.gpus_per_trial is not None and args.gpus_per_trial != args.gpus_per_worker:
+            bad("--gpus-per-worker", "is the former name of --gpus-per-trial: give one")
+        args.gpus_per_trial = args.gpus_per_worker
+    args.gpus_per_trial = args.gpus_per_trial or 0.0
+    gpt = args.gpus_per_trial
+    if gpt > 1 and gpt != int(gpt):
+        bad("--gpus-per-trial", f"{gpt:g} is neither a share of one GPU (<= 1) nor whole GPUs (Ray cannot split "
+                                "a trial's GPUs over several devices in part)")
+    if args.address:
+        for flag, value in (("--cpus", args.cpus), ("--gpus", args.gpus)):
+            if value is not None:
+                bad(flag, f"sizes a local Ray; with --address the cluster has its own {flag[2:].upper()}")
+    if args.cpus is not None and args.cpus_per_trial > args.cpus + 1e-9:
+        bad("--cpus-per-trial", f"{args.cpus_per_trial:g} is more than --cpus {args.cpus:g}: no trial could ever start")
+    if args.gpus is not None and gpt > 0:
+        from studies.capacity import gpu_slots
+
+        need = max(1, args.workers_per_trial)
+        if gpu_slots(args.gpus, gpt) < need:
+            held = f"{need} workers x {gpt:g}" if args.workers_per_trial else f"{gpt:g}"
+            bad("--gpus-per-trial", f"a trial needs {held} GPU, more than --gpus {args.gpus:g} holds: no trial could "
+                                    "ever start")
+    if args.gpus and not gpt and not args.dry_run:
+        bad("--gpus", f"gives the local Ray {args.gpus:g} GPUs but no trial holds one: add --gpus-per-trial")
 
 
 def main(argv=None, *, trainable=None) -> int:
@@ -119,7 +190,29 @@ def main(argv=None, *, trainable=None) -> int:
     if args.multi_objective and base.data.source == "transcripts":
         raise InputError("--multi-objective", None, "needs audio and vision (lav against avg_missing); "
                          "transcripts data has only the language modality")
+    gpt = args.gpus_per_trial
+    if base.train.use_gpu and not gpt:
+        raise InputError("train.use_gpu", None, "is set but no trial holds a GPU: give --gpus-per-trial "
+                                                "(a share of a GPU per trial, e.g. 0.25)")
+    # train.use_gpu follows --gpus-per-trial: in every trial, its params and its manifest
+    base = load_config(args.config, [*args.overrides, f"train.use_gpu={'true' if gpt else 'false'}"])
     space = space_mod.load_space(args.space, base)
+    if args.dry_run:
+        from studies import capacity
+
+        print(capacity.plan(base, max_epochs=args.max_epochs, gpus=capacity.CLUSTER_GPUS if args.gpus is None else args.gpus,
+                            grace=None if args.multi_objective or args.seeds_per_config > 1 else args.grace_period,
+                            gpus_per_trial=gpt, cpus=args.cpus, cpus_per_trial=args.cpus_per_trial,
+                            workers=args.workers_per_trial))
+        return 0
+    if gpt and not args.address and args.gpus is None:
+        import torch
+
+        if not torch.cuda.device_count():  # Ray would find none either, and every trial would wait forever
+            raise InputError("--gpus-per-trial", None, "this machine has no GPU for the local Ray: give --gpus N "
+                                                       "(logical GPUs) or the --address of a cluster with GPUs")
+    if args.gpus_per_worker is not None:
+        print("note: --gpus-per-worker is the former name of --gpus-per-trial", file=sys.stderr)
     from studies import runtime, tracking  # imports Ray Tune (seconds): after the config and space are good
 
     uri = tracking.resolve_tracking_uri(args.tracking_uri)
@@ -134,8 +227,8 @@ def main(argv=None, *, trainable=None) -> int:
     from fsrf.protocol import BEST_OBJECTIVE
 
     study = runtime.Study(uri, args.name)
-    total_cpus = runtime.start_ray(args.address, args.cpus)
-    concurrent = max(1, int(total_cpus // args.cpus_per_trial))
+    total_cpus = runtime.start_ray(args.address, args.cpus, args.gpus)
+    concurrent = _concurrency(args, runtime.node_resources())
     repeats = args.seeds_per_config
     objective_name = ",".join(multi_objective()) if args.multi_objective else BEST_OBJECTIVE
     study_info = {"name": args.name, "objective": objective_name, "seeds_per_config": repeats,
@@ -158,16 +251,19 @@ def main(argv=None, *, trainable=None) -> int:
                                     base_params={**flatten(base), **study_params}, tags=study_tags,
                                     max_epochs=args.max_epochs, params_fn=_trial_params(base.seed),
                                     time_budget_s=args.time_budget * 60 if args.time_budget else None)
+    placement = runtime.PlacementParams(tracker)  # after the tracker: the trial's run exists
+    total_gpus = float(ray.cluster_resources().get("GPU", 0))
+    gpus = f" and {total_gpus:g} GPUs ({gpt:g} per {'worker' if args.workers_per_trial else 'trial'})" if gpt else ""
     print(f"study {args.name}: {args.num_samples} configurations x {repeats} seed(s) x <= {args.max_epochs} epochs, "
           f"{concurrent} at a time "
-          f"on {total_cpus:g} CPUs ({'Ray Train, %d worker(s)' % args.workers_per_trial if args.workers_per_trial else 'function trainable'})",
+          f"on {total_cpus:g} CPUs{gpus} ({'Ray Train, %d worker(s)' % args.workers_per_trial if args.workers_per_trial else 'function trainable'})",
           file=sys.stderr, flush=True)
     if not args.resume:  # --resume finds the parent run here
         state_file.write_text(json.dumps({"parent_run_id": parent, "experiment_id": study.experiment_id,
                                           "uri": tracking.redact(uri)}))
     results = study.fit(lambda: _tuner(args, trial_fn, space=space, base=base, optuna_store=optuna_store,
                                        scheduler=study_info["scheduler"], concurrent=concurrent,
-                                       callbacks=[tracker], study_dir=study_dir), tracker)
+                                       callbacks=[tracker, placement], study_dir=study_dir), tracker)
 
     summary = summarise(results, space, study_dir, multi=args.multi_objective, base_seed=base.seed)
     tracking.log_params(study.client, parent, {f"best.{k}": v for k, v in summary["best_config"].items()})
@@ -185,6 +281,27 @@ def main(argv=None, *, trainable=None) -> int:
         print("error: every trial failed (see the FAILED runs' fsrf.stop_reason in MLflow)", file=sys.stderr)
     ray.shutdown()
     return 1 if all_failed else 0
+
+
+def _concurrency(args, nodes: list[tuple[float, float]]) -> int:
+    """Trials at once on the cluster's ``nodes`` (CPUs, GPUs) by CPUs and GPUs
+    (``studies.capacity.trials_at_once``); none fitting is refused, naming the flag that asks too much
+    (Ray would otherwise wait forever)."""
+    import ray
+
+    from fsrf.errors import InputError
+    from studies.capacity import trials_at_once
+
+    kw = dict(cpus_per_trial=args.cpus_per_trial, workers=args.workers_per_trial)
+    n = trials_at_once(nodes, gpus_per_trial=args.gpus_per_trial, **kw)
+    if n >= 1:
+        return int(n)
+    ray.shutdown()  # a cluster is only disconnected from
+    have = ", ".join(f"{c:g} CPUs/{g:g} GPUs" for c, g in nodes)
+    if trials_at_once(nodes, gpus_per_trial=0.0, **kw) < 1:
+        raise InputError("--cpus-per-trial", None, f"{args.cpus_per_trial:g} CPUs per trial fit on no node ({have})")
+    raise InputError("--gpus-per-trial", None, f"{args.gpus_per_trial:g} GPUs per "
+                     f"{'worker' if args.workers_per_trial else 'trial'} fit on no node ({have})")
 
 
 def _check_before_ray(args, base, study_dir: Path) -> tuple[str, object]:
@@ -222,6 +339,7 @@ def _study_params(args, space, *, objective: str, scheduler: str, optuna_url: st
             "study.num_samples": args.num_samples, "study.max_epochs": args.max_epochs,
             "study.search_seed": args.search_seed, "study.seeds_per_config": args.seeds_per_config,
             "study.scheduler": scheduler, "study.workers_per_trial": args.workers_per_trial,
+            "study.cpus_per_trial": args.cpus_per_trial, "study.gpus_per_trial": args.gpus_per_trial,
             "study.multi_objective": args.multi_objective, "study.searched": ",".join(space.names),
             "study.optuna_storage": redact(optuna_url), "study.selection": SELECTION_RULE}
 
@@ -243,10 +361,11 @@ def _trainable(args, base, storage: Path, study_info: dict, trial_fn=None):
         resources = {"cpu": 0.1}
     else:
         per_worker = args.cpus_per_trial
-        resources = {"cpu": args.cpus_per_trial, "gpu": args.gpus_per_worker}
+        resources = {"cpu": args.cpus_per_trial, "gpu": args.gpus_per_trial}
     settings = worker.TrialSettings(base=flatten(base), max_epochs=args.max_epochs,
                                     threads=max(1, int(per_worker)), workers=args.workers_per_trial,
-                                    cpus_per_worker=per_worker, use_gpu=args.gpus_per_worker > 0,
+                                    cpus_per_worker=per_worker, use_gpu=args.gpus_per_trial > 0,
+                                    gpus_per_worker=args.gpus_per_trial,
                                     storage=str(storage), metrics=tuple(multi_objective()) if args.multi_objective else (BEST_OBJECTIVE,),
                                     code=code_state(), search_seed=args.search_seed, study=study_info)
     trial_fn = trial_fn or (worker.train_trainable if args.workers_per_trial else worker.function_trainable)

@@ -10,6 +10,12 @@ Two ways, the same metrics and checkpoints:
 Each epoch reports every train/val metric and, from rank 0 only, a checkpoint (model, optimizer,
 RNG state, best epoch so far); a retried or resumed trial continues from its last checkpoint.
 
+GPUs: a trial (or each Train worker) holds ``TrialSettings.gpus_per_worker`` of a GPU, a fraction when
+several trials share one (``--gpus-per-trial 0.25``: four per GPU). Ray makes only the assigned GPU
+visible to the process (``CUDA_VISIBLE_DEVICES``); the trial trains on it (``fsrf.train.choose_device``
+at ``local_gpu_index``, or on the CPU, said in one line, where no CUDA device exists) and its first
+report says which (``PLACEMENT``: the params ``ray.gpu_ids`` and ``ray.device``).
+
 A loss that turns NaN or infinite (``fit`` raises ``FloatingPointError``) ends the trial with a last
 report holding ``failed_reason`` and NaN for the study's metrics, instead of an exception: Tune would
 retry an exception from the last checkpoint, which restores the same weights and RNG state and meets
@@ -24,6 +30,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -49,6 +56,7 @@ class TrialSettings:
     workers: int = 0  # 0: function trainable; N >= 1: TorchTrainer with N workers
     cpus_per_worker: float = 1.0
     use_gpu: bool = False
+    gpus_per_worker: float = 0.0  # GPUs one trial process (or Train worker) holds; 0.25: four share a GPU
     storage: str = ""  # absolute Ray storage folder (Train runs are kept under it)
     metrics: tuple[str, ...] = ()  # the study's metrics: a non-finite trial's last report sets them to NaN
     code: dict | None = None  # the driver's git state (workers may have no checkout)
@@ -59,6 +67,7 @@ class TrialSettings:
 REPEAT_INDEX = "__trial_index__"  # Tune's Repeater: which of a configuration's K seeds a trial is
 MANIFEST = "manifest"  # result key of a trial's first report: its manifest as JSON
 TRAIN_PG = "train_placement_group"  # result key: the hex id of a Train trial's worker placement group
+PLACEMENT = "placement"  # result key of a trial's first report: JSON {param: value} of where it trained
 COST_KEYS = ("cost/cpu_s", "cost/wall_s", "cost/gpu_s")
 
 
@@ -69,7 +78,7 @@ class Meter:
     so the trial's CPU-seconds are estimated as N times that.
     """
 
-    def __init__(self, *, resume: dict | None, workers: int = 1, gpus: int = 0):
+    def __init__(self, *, resume: dict | None, workers: int = 1, gpus: float = 0):
         prior = (resume or {}).get("cost", {})
         self.cpu0, self.wall0 = time.process_time(), time.time()
         self.prior_cpu, self.prior_wall = prior.get("cost/cpu_s", 0.0), prior.get("cost/wall_s", 0.0)
@@ -127,6 +136,43 @@ def prepared_for(cfg: RunConfig):
     return _PREPARED[key]
 
 
+def gpu_share(settings: TrialSettings) -> float:
+    """GPUs one trial process (or Train worker) holds, for its ``cost/gpu_s``: ``gpus_per_worker``, else
+    one whole GPU when ``use_gpu`` (a driver that sets only ``use_gpu``)."""
+    return settings.gpus_per_worker or float(settings.use_gpu)
+
+
+def local_gpu_index(gpu_ids: list, visible: str | None) -> int | None:
+    """The CUDA index, among the devices this process sees, of the first GPU Ray assigned it: the id's
+    position in ``CUDA_VISIBLE_DEVICES`` (Ray sets it to the assigned ids; a Train worker may see its
+    whole worker group's), or the id itself when that variable is unset (every GPU visible). None when
+    Ray assigned no GPU. The same rule as ``ray.train.torch.get_device``, without needing Train."""
+    if not gpu_ids:
+        return None
+    listed = [v.strip() for v in (visible or "").split(",") if v.strip()]
+    first = str(gpu_ids[0])
+    if visible is None:
+        return int(first)
+    if first not in listed:
+        raise RuntimeError(f"Ray assigned GPU {first} but CUDA_VISIBLE_DEVICES is {visible!r}")
+    return listed.index(first)
+
+
+def placement(cfg: RunConfig) -> tuple[torch.device, dict[str, str]]:
+    """Where this trial process trains with ``train.use_gpu`` (``fsrf.train.choose_device`` on the GPU Ray
+    assigned it; the CPU fallback is said in one line on stderr, which Ray forwards to the driver) and
+    the params that say so: ``ray.gpu_ids`` (the ids Ray assigned, comma-separated; ``none``) and
+    ``ray.device``."""
+    import ray
+
+    from fsrf.train import choose_device
+
+    ids = [str(i) for i in ray.get_gpu_ids()]
+    device = choose_device(cfg.train.use_gpu, index=local_gpu_index(ids, os.environ.get("CUDA_VISIBLE_DEVICES")),
+                           log=lambda line: print(line, file=sys.stderr, flush=True))
+    return device, {"ray.gpu_ids": ",".join(ids) or "none", "ray.device": str(device)}
+
+
 def failed_result(settings: TrialSettings, err: BaseException) -> dict[str, Any]:
     """The last report of a trial whose loss became non-finite (see the module docstring)."""
     reason = f"non-finite loss, not retried: {type(err).__name__}: {err}"
@@ -145,13 +191,15 @@ def function_trainable(config: dict[str, Any], settings: TrialSettings, *, prepa
     from fsrf.train import fit
 
     resume = load_state(tune.get_checkpoint())
-    meter = Meter(resume=resume, gpus=int(settings.use_gpu))
+    meter = Meter(resume=resume, gpus=gpu_share(settings))
     cfg = trial_config(settings, config)
+    device, where = placement(cfg)
     prep = prepare(cfg)
     torch.set_num_threads(settings.threads)
-    report = reporter(tune.report, tune.Checkpoint, meter, run_manifest(settings, cfg, prep))
+    report = reporter(tune.report, tune.Checkpoint, meter, run_manifest(settings, cfg, prep),
+                      extra={PLACEMENT: json.dumps(where)})
     try:
-        fit(cfg, prep=prep, report=report, resume=resume, evaluate_test=False, log=lambda s: None)
+        fit(cfg, prep=prep, report=report, resume=resume, evaluate_test=False, log=lambda s: None, device=device)
     except FloatingPointError as err:
         tune.report(failed_result(settings, err))
 
@@ -216,30 +264,48 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     _quiet()
     cfg = build_config(unflatten(loop_config["run"]), where="trial config")
     resume = load_state(ray.train.get_checkpoint())
-    meter = Meter(resume=resume, workers=settings.workers, gpus=settings.workers * int(settings.use_gpu))
+    meter = Meter(resume=resume, workers=settings.workers, gpus=settings.workers * gpu_share(settings))
+    device, where = placement(cfg)
+    where = _gathered(where)  # every rank's GPU ids, in rank order
     prep = prepared_for(cfg)
     torch.set_num_threads(settings.threads)
     rank = ray.train.get_context().get_world_rank()
     report = reporter(ray.train.report, ray.train.Checkpoint, meter,
                       run_manifest(settings, cfg, prep) if rank == 0 else None, checkpoint=rank == 0,
-                      extra=_placement_group_id() if rank == 0 else None)
-    fit(cfg, prep=prep, report=report, resume=resume, evaluate_test=False, log=lambda s: None)
+                      extra={**_placement_group_id(), PLACEMENT: json.dumps(where)} if rank == 0 else None)
+    fit(cfg, prep=prep, report=report, resume=resume, evaluate_test=False, log=lambda s: None, device=device)
+
+
+def _gathered(where: dict[str, str]) -> dict[str, str]:
+    """This Train worker's placement params joined with every other rank's (``ray.gpu_ids`` one entry per
+    worker in rank order, ``0,1``; ``ray.device`` the same), through the process group Ray made."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return where
+    everyone: list = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(everyone, where)
+    return {k: ",".join(w[k] for w in everyone) for k in where}
 
 
 def train_trainable(config: dict[str, Any], settings: TrialSettings) -> None:
     """A Tune function trainable that fits a TorchTrainer (Ray Train V2 inside Tune)."""
     import ray.train
     from ray import tune
-    from ray.train.torch import TorchTrainer
+    from ray.train.torch import TorchConfig, TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
     ctx = tune.get_context()
     cfg = trial_config(settings, config)
+    per_worker = {"CPU": settings.cpus_per_worker}
+    if settings.use_gpu:  # a share of a GPU per worker (0.5: two workers, of this or other trials, per GPU)
+        per_worker["GPU"] = gpu_share(settings)
+    # NCCL needs CUDA: logical GPUs on a CPU machine (tests, `--gpus N`) run DDP over gloo
+    backend = None if torch.cuda.is_available() else "gloo"
     trainer = TorchTrainer(
         train_worker,
         train_loop_config={"run": _flatten(cfg), "settings": settings},
+        torch_config=TorchConfig(backend=backend),
         scaling_config=ray.train.ScalingConfig(num_workers=settings.workers, use_gpu=settings.use_gpu,
-                                               resources_per_worker={"CPU": settings.cpus_per_worker}),
+                                               resources_per_worker=per_worker),
         # A deterministic name lets the Train run resume after the Tune trial is restored.
         run_config=ray.train.RunConfig(name=f"train-{ctx.get_trial_id()}",
                                        storage_path=str(Path(settings.storage) / "train"),
@@ -314,7 +380,8 @@ def robustness_trainable(config: dict[str, Any], settings: TrialSettings) -> Non
     cfg = robustness_config(settings, spec)
     torch.set_num_threads(settings.threads)
     resume = load_state(tune.get_checkpoint())
-    meter = Meter(resume=resume, gpus=int(settings.use_gpu))
+    meter = Meter(resume=resume, gpus=gpu_share(settings))
+    device, where = placement(cfg)
     prep = prepared_for(cfg)
     manifest = run_manifest(settings, cfg, prep)
     if variant.closed_form:  # no training loop: ridge regression on the frozen states, one "epoch"
@@ -323,9 +390,9 @@ def robustness_trainable(config: dict[str, Any], settings: TrialSettings) -> Non
         tune.report({**ridge_baseline(prep, mask_seed=cfg.eval.mask_seed), "epoch": 1, "best_epoch": 1,
                      **meter.read(), MANIFEST: json.dumps(manifest, default=str)})
         return
-    report = reporter(tune.report, tune.Checkpoint, meter, manifest)
+    report = reporter(tune.report, tune.Checkpoint, meter, manifest, extra={PLACEMENT: json.dumps(where)})
     try:
-        result = fit(cfg, prep=prep, report=report, resume=resume, log=lambda s: None)
+        result = fit(cfg, prep=prep, report=report, resume=resume, log=lambda s: None, device=device)
     except FloatingPointError as err:
         tune.report(failed_result(settings, err))
         return
