@@ -5,30 +5,35 @@
   masks as every run, and added to the runs as one row of variant ``ceiling``. Per variant and
   condition the report gives the **gap** (ceiling - variant) and the **recovered share**,
   (variant - chance) / (ceiling - chance): of what the condition still allows above chance, the part the
-  variant reaches (1: the ceiling; 0: chance). Chance is the ceiling with nothing present (``intra_1.0``:
-  the label's prior mean, a constant). The complete-to-missing drops of the variant and of the ceiling
-  (``lav`` minus the condition) are given beside them.
+  variant reaches (1: the ceiling; 0: chance). Chance is the ceiling row's ``chance``: its complete-input
+  predictions scored against permuted labels (``fsrf.protocol.permutation_chance``: about 50 for the F1
+  metrics, where a constant prediction scores about 33); ceilings computed before it existed fall back
+  to the ceiling with nothing present (``intra_1.0``). The complete-to-missing drops of the variant and
+  of the ceiling (``lav`` minus the condition) are given beside them.
 - **Floors** (``eval.shuffled_floor``): per missing condition and present modality, the score with that
-  modality's content permuted across samples (``<condition>_shuffled_<m>``). A one-modality condition's
-  floor should fall to the model's own chance, its score with nothing present (``intra_1.0``); a floor
-  that stays above it by more than ``LEAK_MARGIN`` (and significantly, Welch p < 0.05 over seeds) says
-  that something other than the content (length, padding, position) reaches the score.
+  modality's content permuted across samples (``<condition>_shuffled_<m>``), beside its chance level,
+  the same predictions scored against permuted labels (``<control>_chance`` and ``_chance_sd``, logged
+  by the run). A one-modality floor should fall to its chance; one that stays above it, on average over
+  seeds, by more than ``LEAK_MARGIN`` and by more than 3 chance spreads says that something other than
+  the content (length, padding, position) reaches the score. Every seed is scored with the same
+  permutation, so the seeds do not make an independent sample of it: no test across seeds. Runs from
+  before the chance was logged are compared with ``LABEL_INDEPENDENT`` (F1 and accuracy metrics only).
 """
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import polars as pl
 
-from analysis import load, tables
+from analysis import load
 from fsrf import variants
 from fsrf.ceiling import VARIANT as CEILING
 from fsrf.protocol import MISSING, TABLE, shuffled_controls
 
 LEAK_MARGIN = 0.05  # a floor this far above chance (headline metric) is flagged
-CHANCE = "intra_1.0"  # every modality lost: what a model gives with no input
+CHANCE = "chance"  # the ceiling row's chance level (fsrf.ceiling.CHANCE)
+NOTHING = "intra_1.0"  # every modality lost: the ceiling's fallback chance (a constant prediction)
+LABEL_INDEPENDENT = 0.5  # a label-independent predictor's F1/accuracy on balanced labels
 
 
 def run_config(config: load.StudyConfig):
@@ -75,7 +80,7 @@ def gap_table(main: pl.DataFrame, metric: str, conditions: list[str], *, complet
         col = f"test/{metric}/{c}"
         return ceil_rows[col][0] if col in ceil_rows.columns else None
 
-    chance = ceil(CHANCE)
+    chance = ceil(CHANCE) if ceil(CHANCE) is not None else ceil(NOTHING)
     rows = []
     for v in variants.ordered(main["variant"].to_list()):
         if v == CEILING:
@@ -100,14 +105,21 @@ def gap_table(main: pl.DataFrame, metric: str, conditions: list[str], *, complet
 
 def floor_table(main: pl.DataFrame, metric: str) -> pl.DataFrame:
     """Per variant x missing condition x shuffled modality: the condition's mean score, the floor's mean
-    and std, the model's chance (``CHANCE``), the ceiling of the floor where there is one, and whether the
-    floor is a leak (one-modality conditions: floor above chance by ``LEAK_MARGIN``, Welch p < 0.05).
-    Empty when no run has floors."""
+    and std over seeds, its chance level and spread (``<control>_chance``, ``_chance_sd``; else
+    ``LABEL_INDEPENDENT`` for F1/accuracy), the ceiling of the floor where there is one, the floor's
+    distance to chance in chance spreads (``z``), and whether it is a leak (one-modality controls: above
+    chance by ``LEAK_MARGIN`` and by 3 spreads). Empty when no run has floors."""
     schema = {"variant": pl.String, "condition": pl.String, "shuffled": pl.String, "score": pl.Float64,
               "floor": pl.Float64, "floor_std": pl.Float64, "n": pl.Int64, "chance": pl.Float64,
-              "floor_ceiling": pl.Float64, "leak_p": pl.Float64, "leak": pl.Boolean}
+              "chance_sd": pl.Float64, "floor_ceiling": pl.Float64, "z": pl.Float64, "leak": pl.Boolean}
     rows = []
     modalities = [m for m in "lav" if f"test/{metric}/{m}" in main.columns]
+
+    def mean_of(g, name):
+        col = f"test/{metric}/{name}"
+        x = g[col].drop_nulls().drop_nans().to_numpy() if col in g.columns else np.array([])
+        return float(np.mean(x)) if x.size else None
+
     for v in variants.ordered(main["variant"].to_list()):
         if variants.BY_NAME.get(v) is not None and variants.BY_NAME[v].oracle:
             continue  # the ceiling of each control is the floor_ceiling column
@@ -117,17 +129,17 @@ def floor_table(main: pl.DataFrame, metric: str) -> pl.DataFrame:
             if col not in g.columns or g[col].null_count() == g.height:
                 continue
             x = g[col].drop_nulls().to_numpy()
-            score = g[f"test/{metric}/{control.condition.name}"].drop_nulls().to_numpy()
-            chance = g[f"test/{metric}/{CHANCE}"].drop_nulls().to_numpy() if f"test/{metric}/{CHANCE}" in g.columns else np.array([])
+            chance, spread = mean_of(g, f"{control.name}_chance"), mean_of(g, f"{control.name}_chance_sd")
+            if chance is None and metric.endswith(("_F1_score", "_acc_2")):
+                chance = LABEL_INDEPENDENT
             alone = len(control.condition.present) == 1
-            p = tables.welch_p(x, chance) if alone and chance.size else math.nan
-            leak = bool(alone and chance.size and np.mean(x) - np.mean(chance) > LEAK_MARGIN
-                        and (math.isnan(p) or p < tables.ALPHA))
+            z = (float(np.mean(x)) - chance) / spread if chance is not None and spread else None
+            above = chance is not None and float(np.mean(x)) - chance > max(LEAK_MARGIN, 3 * (spread or 0.0))
             rows.append({"variant": v, "condition": control.condition.name, "shuffled": control.modality,
-                         "score": float(np.mean(score)) if score.size else None, "floor": float(np.mean(x)),
+                         "score": mean_of(g, control.condition.name), "floor": float(np.mean(x)),
                          "floor_std": float(np.std(x, ddof=1)) if x.size > 1 else None, "n": int(x.size),
-                         "chance": float(np.mean(chance)) if chance.size else None,
-                         "floor_ceiling": None, "leak_p": None if math.isnan(p) else p, "leak": leak})
+                         "chance": chance, "chance_sd": spread, "floor_ceiling": None, "z": z,
+                         "leak": bool(alone and above)})
     t = pl.DataFrame(rows, schema=schema)
     ceil_rows = main.filter(pl.col("variant") == CEILING)
     if ceil_rows.height and t.height:

@@ -46,9 +46,10 @@ from fsrf import MODALITIES
 from fsrf.data import SEQ_LEN, Split, SyntheticModel, fixed_parts, synthetic
 from fsrf.metrics import sentiment_metrics
 from fsrf.protocol import (ZEROED, Condition, Shuffled, conditions_for, per_modality_conditions,
-                           shuffled_controls, summarise)
+                           permutation_chance, shuffled_controls, summarise)
 
 VARIANT = "ceiling"  # the ``variant`` value of the ceiling's row (``fsrf.variants``)
+CHANCE = "chance"  # the ceiling row's pseudo-condition: its predictions' score on permuted labels
 CLAUSE_GAIN = 1.3  # a clause's reading: CLAUSE_GAIN * (u_l + w h_l) + N(0, CLAUSE_NOISE^2) (fsrf.data)
 CLAUSE_NOISE = 0.5
 _DIM = 7  # theta = (s, h_l, h_a, h_v, e_l, e_a, e_v)
@@ -215,6 +216,9 @@ def ceiling(cfg, *, split: str = "test") -> dict[str, float]:
                         mask_seed=cfg.eval.mask_seed, preset=d.preset, seed=d.seed)
     per_cond = {c: sentiment_metrics(preds[c.name], sp.labels) for c in conditions}
     flat = summarise(per_cond, prefix=split, modalities=MODALITIES)
+    # chance: what the ceiling's complete-input predictions score against permuted labels (no information)
+    chance = permutation_chance(preds["lav"], sp.labels, seed=cfg.eval.mask_seed)[0]
+    flat.update({f"{split}/{k}/{CHANCE}": v for k, v in chance.items()})
     for c in controls:
         flat.update({f"{split}/{k}/{c.name}": v for k, v in sentiment_metrics(preds[c.name], sp.labels).items()})
     return flat

@@ -426,14 +426,32 @@ def shuffle_modality(data: SplitTensors, modality: str, *, seed: int) -> SplitTe
     return dataclasses.replace(data, inputs=inputs, words=None, patterns=None)
 
 
+CHANCE_PERMUTATIONS = 20  # label permutations behind a control's chance level
+
+
+def permutation_chance(preds: np.ndarray, labels: np.ndarray, *, seed: int) -> tuple[dict[str, float], dict[str, float]]:
+    """The chance level of predictions ``preds``: every metric's mean and std over ``CHANCE_PERMUTATIONS``
+    fixed permutations of ``labels`` (seeded by ``seed``), i.e. what predictions with the same
+    distribution but independent of the labels score. For the F1 and accuracy metrics this is about 50
+    on balanced labels, above a constant prediction's score (a constant's weighted F1 is about 33)."""
+    gen = np.random.default_rng([seed, 977])
+    runs = [sentiment_metrics(preds, labels[gen.permutation(len(labels))]) for _ in range(CHANCE_PERMUTATIONS)]
+    mean = {k: float(np.nanmean([r[k] for r in runs])) for k in runs[0]}
+    sd = {k: float(np.nanstd([r[k] for r in runs], ddof=1)) for k in runs[0]}
+    return mean, sd
+
+
 def shuffled_floor(model: FSRF, data: SplitTensors, controls: Sequence[Shuffled], *, modalities: tuple[str, ...],
                    seed: int, batch_size: int, prefix: str) -> dict[str, float]:
-    """Every metric under each leakage control (``Shuffled``), flat ``<prefix>/<metric>/<control name>``.
+    """Every metric under each leakage control (``Shuffled``), flat ``<prefix>/<metric>/<control name>``,
+    with the control's chance level (``permutation_chance``) as ``<control name>_chance`` and its
+    spread as ``<control name>_chance_sd``.
 
     Compare ``test/Non0_F1_score/la_shuffled_a`` with ``test/Non0_F1_score/la`` (what the audio content
     adds) and with ``l`` (what the model would get without audio); a one-modality control
-    (``a_shuffled_a``) above chance is a leak. One data copy per shuffled modality, scored by
-    ``_scores`` under the controls' Table I conditions (``seed`` is the eval mask seed).
+    (``a_shuffled_a``) above its chance by more than the chance's spread is a leak. One data copy per
+    shuffled modality, scored by ``_scores`` under the controls' Table I conditions (``seed`` is the
+    eval mask seed).
     """
     out: dict[str, float] = {}
     for m in MODALITIES:
@@ -444,8 +462,12 @@ def shuffled_floor(model: FSRF, data: SplitTensors, controls: Sequence[Shuffled]
         preds = _scores(model, shuffled, [c.condition for c in mine], modalities=modalities, mask_seed=seed,
                         batch_size=batch_size)
         for c in mine:
-            for k, v in sentiment_metrics(preds[c.condition].numpy(), data.labels.numpy()).items():
+            p, y = preds[c.condition].numpy(), data.labels.numpy()
+            chance, spread = permutation_chance(p, y, seed=seed)
+            for k, v in sentiment_metrics(p, y).items():
                 out[f"{prefix}/{k}/{c.name}"] = v
+                out[f"{prefix}/{k}/{c.name}_chance"] = chance[k]
+                out[f"{prefix}/{k}/{c.name}_chance_sd"] = spread[k]
     return out
 
 

@@ -97,10 +97,9 @@ def floor_and_plain(reads: str) -> tuple[dict[str, float], dict[str, float]]:
     controls = shuffled_controls(("l", "a"))
     floor = shuffled_floor(model, data, controls, modalities=("l", "a"), seed=SEED, batch_size=256,
                            prefix="test")
-    assert set(floor) == {f"test/{k}/{c.name}" for c in controls for k in ("MAE", "Corr", HEADLINE,
-                                                                            "Has0_acc_2", "Has0_F1_score",
-                                                                            "Non0_acc_2", "Mult_acc_5",
-                                                                            "Mult_acc_7")}
+    assert set(floor) == {f"test/{k}/{c.name}{tail}" for c in controls for tail in ("", "_chance", "_chance_sd")
+                          for k in ("MAE", "Corr", HEADLINE, "Has0_acc_2", "Has0_F1_score", "Non0_acc_2",
+                                    "Mult_acc_5", "Mult_acc_7")}
     from fsrf.metrics import sentiment_metrics
 
     plain = {}
@@ -117,6 +116,10 @@ def test_floor_stays_up_for_a_model_that_reads_the_length():
     for cond in ("a", "la"):  # ... and survives the shuffle exactly: lengths are kept
         for k in (HEADLINE, "MAE", "Corr"):
             assert floor[f"test/{k}/{cond}_shuffled_a"] == plain[f"test/{k}/{cond}"]
+    # far above its chance (the same predictions on permuted labels): what the report flags as a leak
+    chance, sd = floor[f"test/{HEADLINE}/a_shuffled_a_chance"], floor[f"test/{HEADLINE}/a_shuffled_a_chance_sd"]
+    assert 0.45 < chance < 0.55 and 0 < sd < 0.03
+    assert floor[f"test/{HEADLINE}/a_shuffled_a"] - chance > 20 * sd
 
 
 def test_floor_falls_to_chance_for_a_model_that_reads_the_content():
@@ -126,5 +129,8 @@ def test_floor_falls_to_chance_for_a_model_that_reads_the_content():
         # N = 2000 independent pairs: |Corr| of unrelated scores exceeds 0.1 with probability < 1e-5
         assert abs(floor[f"test/Corr/{cond}_shuffled_a"]) < 0.1
         assert 0.4 < floor[f"test/{HEADLINE}/{cond}_shuffled_a"] < 0.6  # balanced signs: chance is 0.5
+        chance = floor[f"test/{HEADLINE}/{cond}_shuffled_a_chance"]
+        sd = floor[f"test/{HEADLINE}/{cond}_shuffled_a_chance_sd"]
+        assert abs(floor[f"test/{HEADLINE}/{cond}_shuffled_a"] - chance) < 4 * sd  # within what chance does
     # shuffling the language the model ignores changes nothing
     assert floor[f"test/{HEADLINE}/la_shuffled_l"] == plain[f"test/{HEADLINE}/la"]

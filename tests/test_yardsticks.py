@@ -36,22 +36,29 @@ def test_gap_and_recovered_share_by_hand():
     assert yardsticks.gap_table(df.filter(pl.col("variant") != "ceiling"), F1, ["l"]).height == 0
 
 
-def _floors(floor_a: list[float], chance: list[float]) -> pl.DataFrame:
+def _floors(floor_a: list[float], chance: float | None, sd: float | None = 0.01) -> pl.DataFrame:
+    extra = {} if chance is None else {f"test/{F1}/a_shuffled_a_chance": chance, f"test/{F1}/a_shuffled_a_chance_sd": sd}
     return runs([{"run_id": str(i), "variant": "fsrf", "seed": i, "overlap": None, f"test/{F1}/a": 0.55,
-                  f"test/{F1}/a_shuffled_a": fa, f"test/{F1}/intra_1.0": ch, f"test/{F1}/l": 0.7,
-                  f"test/{F1}/la": 0.72, f"test/{F1}/la_shuffled_a": 0.70, f"test/{F1}/la_shuffled_l": 0.5}
-                 for i, (fa, ch) in enumerate(zip(floor_a, chance))])
+                  f"test/{F1}/a_shuffled_a": fa, f"test/{F1}/intra_1.0": 0.33, f"test/{F1}/l": 0.7,
+                  f"test/{F1}/la": 0.72, f"test/{F1}/la_shuffled_a": 0.70, f"test/{F1}/la_shuffled_l": 0.5, **extra}
+                 for i, fa in enumerate(floor_a)])
 
 
 def test_a_floor_that_stays_up_is_a_leak_and_one_at_chance_is_not():
-    leak = yardsticks.floor_table(_floors([0.53, 0.55, 0.54], [0.40, 0.41, 0.39]), F1)
+    leak = yardsticks.floor_table(_floors([0.58, 0.60, 0.59], 0.50), F1)
     row = leak.filter((pl.col("condition") == "a") & (pl.col("shuffled") == "a")).row(0, named=True)
-    assert row["leak"] and row["floor"] == pytest.approx(0.54) and row["chance"] == pytest.approx(0.40)
-    assert row["leak_p"] < 0.05
-    clean = yardsticks.floor_table(_floors([0.41, 0.39, 0.42], [0.40, 0.41, 0.39]), F1)
-    assert not clean["leak"].any()
+    assert row["leak"] and row["floor"] == pytest.approx(0.59) and row["chance"] == pytest.approx(0.50)
+    assert row["z"] == pytest.approx(9.0)  # (0.59 - 0.50) / 0.01
+    # 2.5 points above chance: within what one permutation does (the constant's 0.33 is not chance)
+    assert not yardsticks.floor_table(_floors([0.52, 0.53, 0.525], 0.50), F1)["leak"].any()
+    # above the margin but within 3 spreads of a noisy chance: not a leak either
+    assert not yardsticks.floor_table(_floors([0.57, 0.56, 0.58], 0.50, sd=0.03), F1)["leak"].any()
+    # runs without a logged chance: compared with a label-independent predictor's 0.5
+    old = yardsticks.floor_table(_floors([0.58, 0.60, 0.59], None), F1)
+    r = old.filter(pl.col("condition") == "a").row(0, named=True)
+    assert r["chance"] == yardsticks.LABEL_INDEPENDENT and r["chance_sd"] is None and r["leak"]
     # two-modality controls are reported, never flagged (their floor is the other modality's score)
-    two = clean.filter(pl.col("condition") == "la")
+    two = leak.filter(pl.col("condition") == "la")
     assert sorted(two["shuffled"].to_list()) == ["a", "l"] and not two["leak"].any()
     assert math.isclose(two.filter(pl.col("shuffled") == "a")["floor"][0], 0.70)
 
