@@ -64,11 +64,12 @@ def manifest_of(kind: str | None = None, **data_changes) -> dict:
 
 
 def new_tracker(uri: str, name: str = "s"):
-    """A tracker on a new experiment and parent run of the store at ``uri``; (tracker, client)."""
+    """A tracker on a new experiment and parent run of the SQLite store at ``uri`` (artifacts beside it,
+    never in the working directory); (tracker, client)."""
     from studies import tracking
 
     client = tracking.client_for(uri)
-    exp = tracking.experiment_id(client, name)
+    exp = tracking.experiment_id(client, name, artifact_root=Path(uri.removeprefix("sqlite:///")).parent / "artifacts")
     parent = client.create_run(exp, run_name=f"study-{name}").info.run_id
     tracker = tracking.TrialTracker(uri=uri, experiment_id=exp, parent_run_id=parent, base_params={"study.name": name},
                                     tags={"fsrf.study": name}, max_epochs=3)
