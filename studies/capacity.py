@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass
 from types import SimpleNamespace
 
@@ -184,7 +185,8 @@ def measure(cfg, *, preset: str, live: bool) -> Footprint:
         return t
 
     launches, flops = _launch_counter(), FlopCounterMode(display=False)
-    with flops, launches:
+    with flops, launches, warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # Sinkhorn on random inputs may not converge: no matter
         with saved_tensors_hooks(keep, lambda t: t), \
                 torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.train.bf16):
             terms = train_losses(cfg, model, x, y, rate=0.0, generator=torch.Generator().manual_seed(0))

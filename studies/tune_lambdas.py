@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -156,14 +157,18 @@ def validate(args) -> None:
     args.gpus_per_trial = args.gpus_per_trial or 0.0
     gpt = args.gpus_per_trial
     if gpt > 1 and gpt != int(gpt):
-        bad("--gpus-per-trial", f"{gpt:g} is neither a share of one GPU (<= 1) nor whole GPUs (Ray cannot split "
-                                "a trial's GPUs over several devices in part)")
+        bad("--gpus-per-trial", f"{gpt:g} is neither a share of one GPU (<= 1) nor whole GPUs: Ray gives a trial "
+                                "one or the other")
     if args.address:
-        for flag, value in (("--cpus", args.cpus), ("--gpus", args.gpus)):
+        for flag, value, what in (("--cpus", args.cpus, "CPUs"), ("--gpus", args.gpus, "GPUs")):
             if value is not None:
-                bad(flag, f"sizes a local Ray; with --address the cluster has its own {flag[2:].upper()}")
+                bad(flag, f"sizes a local Ray; with --address the cluster has its own {what}")
     if args.cpus is not None and args.cpus_per_trial > args.cpus + 1e-9:
         bad("--cpus-per-trial", f"{args.cpus_per_trial:g} is more than --cpus {args.cpus:g}: no trial could ever start")
+    local_cores = os.cpu_count() or 1  # what a local Ray gets without --cpus (a dry run's cluster: no limit)
+    if args.cpus is None and not args.address and not args.dry_run and args.cpus_per_trial > local_cores + 1e-9:
+        bad("--cpus-per-trial", f"{args.cpus_per_trial:g} is more than this machine's {local_cores} cores (the local "
+                                "Ray's): no trial could ever start")
     if args.gpus is not None and gpt > 0:
         from studies.capacity import gpu_slots
 

@@ -200,8 +200,8 @@ def function_trainable(config: dict[str, Any], settings: TrialSettings, *, prepa
                       extra={PLACEMENT: json.dumps(where)})
     try:
         fit(cfg, prep=prep, report=report, resume=resume, evaluate_test=False, log=lambda s: None, device=device)
-    except FloatingPointError as err:
-        tune.report(failed_result(settings, err))
+    except FloatingPointError as err:  # a trial failing in its first epoch says where it trained too
+        tune.report({**failed_result(settings, err), PLACEMENT: json.dumps(where)})
 
 
 def _quiet() -> None:
@@ -394,7 +394,7 @@ def robustness_trainable(config: dict[str, Any], settings: TrialSettings) -> Non
     try:
         result = fit(cfg, prep=prep, report=report, resume=resume, log=lambda s: None, device=device)
     except FloatingPointError as err:
-        tune.report(failed_result(settings, err))
+        tune.report({**failed_result(settings, err), PLACEMENT: json.dumps(where)})
         return
     final = {**result.val, **result.test, **selected_health(result), "epoch": len(result.history),
              "best_epoch": result.best_epoch + 1, "wall_time_s": result.wall_time_s, **meter.read()}
