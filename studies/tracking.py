@@ -65,9 +65,11 @@ def resolve_tracking_uri(uri: str | None, root: str | Path = ".") -> str:
     run in another folder). Relative SQLite paths are made absolute; a password moves out of the URI
     into the environment (``credentials_to_env``).
 
-    A URI MLflow cannot use as a tracking store (``ftp://...``, the file store, a database without its
-    driver, a SQLite file in a folder that does not exist) is refused here, with one line naming where it
-    came from, before anything is written: MLflow itself would fail only once the study has started.
+    A URI MLflow cannot use as a tracking store (``ftp://...``, the file store, Databricks, a driver
+    SQLAlchemy does not know, a SQLite file in a folder that does not exist) is refused here, with one
+    line naming where it came from (the flag or the variable), before anything is written: MLflow itself
+    would fail only once the study has started. ``check_reachable`` then asks the environment (the
+    database driver installed, the server answering).
     """
     where = "--tracking-uri" if uri else "MLFLOW_TRACKING_URI"
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or ""
@@ -79,8 +81,21 @@ def resolve_tracking_uri(uri: str | None, root: str | Path = ".") -> str:
         raise InputError(where, None, f"{redact(uri)!r} is not a URI ({_STORE_EXAMPLES})")
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         uri = f"sqlite:///{Path(uri[len('sqlite:///'):]).resolve()}"
-    check_store_uri(uri, where=where)
-    return credentials_to_env(uri)
+    try:
+        check_store_uri(uri, where=where)
+        return credentials_to_env(uri)
+    except InputError:
+        raise
+    except ValueError as err:  # urllib or SQLAlchemy on a malformed host or port
+        raise InputError(where, None, f"{_shown(uri)!r} is not a valid URI ({err})") from None
+
+
+def _shown(uri: str) -> str:
+    """``redact(uri)``, or only its scheme when the URI is too malformed to find its password."""
+    try:
+        return redact(uri)
+    except ValueError:
+        return uri.split("://", 1)[0] + "://..."
 
 
 def store_scheme(uri: str) -> str:
@@ -114,11 +129,13 @@ def check_store_uri(uri: str, *, where: str = "--tracking-uri") -> None:
     try:
         url = make_url(uri)
         url.get_dialect()
-    except ArgumentError:
+    except ValueError:  # a port that is not a number
         raise InputError(where, None, f"{shown!r} is not a database URL") from None
-    except NoSuchModuleError:
+    except NoSuchModuleError:  # an ArgumentError too: first
         raise InputError(where, None, f"{shown!r}: SQLAlchemy has no database driver "
                                       f"{urllib.parse.urlsplit(uri).scheme!r}") from None
+    except ArgumentError:
+        raise InputError(where, None, f"{shown!r} is not a database URL") from None
     if scheme == "sqlite":
         if not url.database or url.database == ":memory:":
             raise InputError(where, None, f"{shown!r} is an in-memory SQLite store, which keeps nothing "

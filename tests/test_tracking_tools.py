@@ -273,7 +273,9 @@ REFUSED = [  # (URI, fragments of the one-line message)
     ("sqlite://", ("in-memory SQLite store",)),
     ("sqlite:////nonexistent-folder/mlflow.db", ("no folder /nonexistent-folder",)),
     ("sqlite:////tmp", ("/tmp is a folder, not a SQLite file",)),
-    ("postgresql+nosuchdriver://u@h/db", ("is not a database URL",)),
+    ("postgresql+nosuchdriver://u@h/db", ("SQLAlchemy has no database driver 'postgresql+nosuchdriver'",)),
+    ("postgresql+psycopg2://u@h:port/db", ("is not a database URL",)),
+    ("http://u:secret@[::1/mlflow", ("'http://...' is not a valid URI",)),
     ("http://", ("names no host",)),
 ]
 
