@@ -282,8 +282,9 @@ class PlacementParams(tune.Callback):
     """Logs where each trial trained as params of its MLflow run (``ray.gpu_ids``, ``ray.device``), from the
     trial's first report (``studies.worker.PLACEMENT``): only the trial knows which GPU Ray gave it.
 
-    Runs after ``tracker`` (``tracking.TrialTracker``) in the callback list, which has created the run.
-    A trial retried on another GPU keeps its first values (MLflow params are immutable).
+    The params are queued on ``tracker`` (``tracking.TrialTracker.log_params``: its MLflow thread, after
+    the run's creation). A trial retried on another GPU keeps its first values (MLflow params are
+    immutable).
     """
 
     def __init__(self, tracker: tracking.TrialTracker):
@@ -295,7 +296,7 @@ class PlacementParams(tune.Callback):
         from studies.worker import PLACEMENT
 
         if isinstance(result.get(PLACEMENT), str):
-            tracking.log_params(self.tracker.client, self.tracker.run_for(trial), json.loads(result[PLACEMENT]))
+            self.tracker.log_params(trial, json.loads(result[PLACEMENT]))
 
 
 class PlacementGroupReaper(tune.Callback):

@@ -256,7 +256,7 @@ def main(argv=None, *, trainable=None) -> int:
                                     base_params={**flatten(base), **study_params}, tags=study_tags,
                                     max_epochs=args.max_epochs, params_fn=_trial_params(base.seed),
                                     time_budget_s=args.time_budget * 60 if args.time_budget else None)
-    placement = runtime.PlacementParams(tracker)  # after the tracker: the trial's run exists
+    placement = runtime.PlacementParams(tracker)  # queues on the tracker's MLflow thread
     total_gpus = float(ray.cluster_resources().get("GPU", 0))
     gpus = f" and {total_gpus:g} GPUs ({gpt:g} per {'worker' if args.workers_per_trial else 'trial'})" if gpt else ""
     print(f"study {args.name}: {args.num_samples} configurations x {repeats} seed(s) x <= {args.max_epochs} epochs, "
