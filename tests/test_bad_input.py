@@ -237,7 +237,9 @@ def test_refused_with_one_line_naming_the_field(case: Case, outcomes):
     for fragment in case.absent:
         assert fragment not in proc.stderr + proc.stdout, fragment
     assert out["after"] == out["before"], f"the folder changed: {sorted(set(out['after']) ^ set(out['before']))}"
-    assert out["seconds"] < 30, f"refusing took {out['seconds']:.1f} s"  # before Ray or training started
+    # "before Ray or training started" is what the unchanged folder shows (no runs/, mlflow.db, Ray session
+    # files); the seconds are printed by the fixture, not asserted: on 2 shared cores the imports alone took
+    # 35-47 s under load while a refusal's own work is milliseconds
 
 
 def test_table_covers_every_entry_point():
