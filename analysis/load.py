@@ -79,6 +79,11 @@ def resolve_tracking_uri(uri: str | None) -> str:
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path('mlflow.db').resolve()}"
     if "://" not in uri:
         raise InputError("--tracking-uri", None, f"{uri!r} is not a URI (sqlite:///path/mlflow.db or http://host:port)")
+    if not uri.startswith("sqlite:///"):  # a store MLflow cannot use, or one that does not answer: one line
+        from studies.tracking import check_reachable, check_store_uri
+
+        check_store_uri(uri)
+        check_reachable(uri)
     if uri.startswith("sqlite:///"):
         path = Path(uri[len("sqlite:///"):])
         path = path if uri.startswith("sqlite:////") else path.resolve()

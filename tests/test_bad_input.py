@@ -135,6 +135,8 @@ CASES = [
          ("--variants", "'ceiling'", "not trained")),
     Case("robustness-zero-epochs", "studies/robustness.py", ("--epochs", "0"), ("--epochs", ">= 1")),
     Case("robustness-not-an-int", "studies/robustness.py", ("--seeds", "abc"), ("--seeds", "'abc'")),
+    Case("report-ftp-tracking-uri", "analysis/report.py", ("--robustness-run", "abc", "--tracking-uri", "ftp://x/y"),
+         ("--tracking-uri", "'ftp'")),
     Case("report-run-id-escapes", "analysis/report.py", ("--robustness-run", "../../x"), ("--robustness-run", "'../../x'")),
     Case("report-out-is-not-a-report", "analysis/report.py", ("--runs-parquet", "runs.parquet", "--out", "notes.txt"),
          ("--out", "notes.txt", "not a report folder"), files={"notes.txt": "keep me\n"}),
