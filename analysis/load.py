@@ -301,11 +301,12 @@ def long_metrics(df: pl.DataFrame) -> pl.DataFrame:
     Columns: run_id, variant, seed, overlap, metric, condition, value.
     """
     cols = metric_columns(df)
-    long = df.unpivot(on=cols, index=list(KEYS), variable_name="name", value_name="value")
+    keys = [k for k in KEYS if k in df.columns]  # a selection of a wide table may leave train_rate out
+    long = df.unpivot(on=cols, index=keys, variable_name="name", value_name="value")
     parts = pl.col("name").str.split("/")
     return (long.with_columns(metric=parts.list.get(1), condition=parts.list.get(2))
             .filter(pl.col("value").is_not_null() & pl.col("value").is_not_nan())
-            .select([*KEYS, "metric", "condition", "value"]))
+            .select([*keys, "metric", "condition", "value"]))
 
 
 def main_runs(df: pl.DataFrame) -> pl.DataFrame:
@@ -317,6 +318,8 @@ def main_runs(df: pl.DataFrame) -> pl.DataFrame:
     present, otherwise the setting with the most runs (ties: the smallest overlap, then rate). Variants
     with a single setting are kept whole.
     """
+    if "train_rate" not in df.columns:
+        df = df.with_columns(train_rate=pl.lit(None, dtype=pl.Float64))
     keep = []
     for variant in df["variant"].unique(maintain_order=True).to_list():
         rows = df.filter(pl.col("variant") == variant)

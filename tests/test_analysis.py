@@ -286,7 +286,7 @@ def test_mlflow_and_parquet_recover_the_table(study, runs):
 
 def test_long_metrics_and_main_runs(runs):
     long = load.long_metrics(runs)
-    assert long.columns == ["run_id", "variant", "seed", "overlap", "metric", "condition", "value"]
+    assert long.columns == ["run_id", "variant", "seed", "overlap", "train_rate", "metric", "condition", "value"]
     assert set(long["metric"].unique()) == {F1, "MAE"}
     assert long.filter((pl.col("metric") == F1) & (pl.col("condition") == "intra_0.3")).height == runs.height
     main = load.main_runs(runs)
