@@ -528,7 +528,7 @@ def ceiling_section(rep: Report, main: pl.DataFrame, metric: str, complete: str,
     if note:
         rep.omitted("ceiling", title, note)
         return
-    conds = [c for c in (*yardsticks.MISSING_NAMES, "avg_missing", complete, "intra_0.3", "intra_0.5", "intra_0.7",
+    conds = [c for c in (*tables.MISSING_CONDITIONS, "avg_missing", complete, "intra_0.3", "intra_0.5", "intra_0.7",
                          "intra_avg") if f"test/{metric}/{c}" in main.columns]
     t = yardsticks.gap_table(main, metric, conds, complete=complete)
     if t.height == 0:

@@ -22,13 +22,15 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import polars as pl
 
 from analysis import load
 from fsrf import variants
 from fsrf.ceiling import VARIANT as CEILING
-from fsrf.protocol import MISSING, TABLE, shuffled_controls
+from fsrf.protocol import shuffled_controls
 
 LEAK_MARGIN = 0.05  # a floor this far above chance (headline metric) is flagged
 CHANCE = "chance"  # the ceiling row's chance level (fsrf.ceiling.CHANCE)
@@ -148,6 +150,3 @@ def floor_table(main: pl.DataFrame, metric: str) -> pl.DataFrame:
             lambda r: lookup.get(f"test/{metric}/{r['condition']}_shuffled_{r['shuffled']}"), return_dtype=pl.Float64))
     return t
 
-
-MISSING_NAMES = [c.name for c in MISSING]
-TABLE_NAMES = [c.name for c in TABLE]
