@@ -92,8 +92,8 @@ def test_report_text_has_the_numbers(built):
     assert re.search(r"R_ho: R² = (0\.9\d\d|1\.000); R_he: R² = -?0\.0", page)
     # every section had its input but the yardsticks: the hand-made store has no base config (no ceiling)
     # and no shuffled floors
-    assert page.count("Omitted") == 2, re.findall(r"Omitted: [^<]*", page)
-    assert "Omitted: no run has shuffled floors" in page
+    assert page.count("Omitted") == 3, re.findall(r"Omitted: [^<]*", page)
+    assert "Omitted: no run has shuffled floors" in page and "Omitted: no runs at constant training rates" in page
     assert "Omitted: no ceiling: the parent run has no base.* params" in page
     # The uncertainty table right after Table I; P(FSRF better) by counting seed pairs (test_analysis.py):
     # (4 + 8/9 + 8/9 + 5.5/9) / 7 = 0.913 over w/o DHF, 6/7 = 0.857 over late fusion.
@@ -234,7 +234,7 @@ def test_report_from_parquet_omits_what_it_lacks(study, tmp_path):
     out = tmp_path / "from-parquet"
     assert report.main(["--runs-parquet", str(study["parquet"]), "--out", str(out)]) == 0
     page = (out / "report.html").read_text()
-    assert page.count('class="note">Omitted') == 6  # probe, cost, configs, ceiling need MLflow; no --study-dir; no floors
+    assert page.count('class="note">Omitted') == 7  # probe, cost, configs, ceiling need MLflow; no --study-dir; no floors; no grid
     assert 'id="fig-curves"' in page and (out / "figures" / "curves.svg").is_file()
 
 
