@@ -470,14 +470,21 @@ def _symmetric_sinkhorn(cost: Tensor, weights: Tensor, eps: float, *, num_iter_m
     potential) in a handful of iterations. Stops when the marginal error ||gamma^T 1 - b||_2 < stop_thr.
     Float64, no gradient. Returns (plan (B, B), iterations)."""
     log_w = weights.log()  # (B,)
-    f = torch.zeros_like(weights)  # (B,)
-    plan, it = None, 0
-    for it in range(1, num_iter_max + 1):
-        t = -eps * torch.logsumexp(log_w[None, :] + (f[None, :] - cost) / eps, dim=1)  # (B,)
-        f = 0.5 * (f + t)
-        plan = torch.exp(log_w[:, None] + log_w[None, :] + (f[:, None] + f[None, :] - cost) / eps)  # (B, B)
-        if float(torch.linalg.vector_norm(plan.sum(0) - weights)) < stop_thr:
+    neg_k = -cost / eps  # (B, B)
+
+    def update(f: Tensor) -> Tensor:  # T(f) (B,)
+        return -eps * torch.logsumexp(log_w[None, :] + f[None, :] / eps + neg_k, dim=1)
+
+    # The plan of f has column sums b_j exp((f_j - T(f)_j) / eps) (C symmetric), so the T(f) that the next
+    # update needs also gives f's marginal error: one logsumexp per iteration, the (B, B) plan built once.
+    f = 0.5 * update(torch.zeros_like(weights))  # (B,), iterate 1
+    it = 1
+    while True:
+        t = update(f)  # (B,)
+        if it >= num_iter_max or float(torch.linalg.vector_norm(weights * torch.exp((f - t) / eps) - weights)) < stop_thr:
             break
+        f, it = 0.5 * (f + t), it + 1
+    plan = torch.exp(log_w[:, None] + log_w[None, :] + (f[:, None] + f[None, :]) / eps + neg_k)  # (B, B)
     return plan, it
 
 

@@ -75,6 +75,30 @@ def mlp(d_in: int, d_hidden: int, d_out: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(d_in, d_hidden), nn.ReLU(), nn.Linear(d_hidden, d_out))
 
 
+class GroupedMLP(nn.Module):
+    """M independent two-layer MLPs, one per modality (``mlp(d_in, d_hidden, d_out)`` each), applied to
+    (B, M, d_in) as one batched matmul per layer (``torch.baddbmm`` over the stacked weights) instead of
+    M small ones: the per-modality DHF heads cost a fraction of the op calls, with the same values.
+
+    The weights are drawn as M ``mlp`` modules would draw them, in the same order, so a model built with
+    the same seed starts from the same parameters as one with a ``ModuleDict`` of ``mlp``s.
+    """
+
+    def __init__(self, groups: int, d_in: int, d_hidden: int, d_out: int):
+        super().__init__()
+        layers = [mlp(d_in, d_hidden, d_out) for _ in range(groups)]  # nn.Linear's init, in modality order
+        stack = lambda get: nn.Parameter(torch.stack([get(layer).detach() for layer in layers]))  # noqa: E731
+        self.w1 = stack(lambda l: l[0].weight.T)  # (M, d_in, d_hidden)
+        self.b1 = stack(lambda l: l[0].bias)  # (M, d_hidden)
+        self.w2 = stack(lambda l: l[2].weight.T)  # (M, d_hidden, d_out)
+        self.b2 = stack(lambda l: l[2].bias)  # (M, d_out)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, M, d_in) -> (B, M, d_out), modality k through its own MLP."""
+        hidden = torch.relu(torch.baddbmm(self.b1[:, None], x.transpose(0, 1), self.w1))  # (M, B, d_hidden)
+        return torch.baddbmm(self.b2[:, None], hidden, self.w2).transpose(0, 1)  # (B, M, d_out)
+
+
 class SequenceEncoder(nn.Module):
     """Audio/visual frames -> C_m: a Transformer encoder with sinusoidal positions, output at the last
     valid position (the paper's "last element"), then the linear layer to the common width."""
@@ -168,9 +192,9 @@ class FSRF(nn.Module):
             self.encoders[m] = SequenceEncoder(dims[m], cfg)
         if cfg.dhf:
             self.shared = mlp(D, D, D)  # E_ho, one for all modalities
-            self.specific = nn.ModuleDict({m: mlp(2 * D, D, D) for m in modalities})  # E_he(H_m, R_ho_m)
+            self.specific = GroupedMLP(len(modalities), 2 * D, D, D)  # E_he(H_m, R_ho_m), one per modality
             if cfg.noise:
-                self.noise = nn.ModuleDict({m: mlp(D, D, D) for m in modalities})  # E_n per modality
+                self.noise = GroupedMLP(len(modalities), D, D, D)  # E_n per modality
             self.head = mlp(D, D, 1)
         elif cfg.fusion == "early":
             self.fuse = nn.Sequential(nn.Linear(len(modalities) * D, D), nn.ReLU())
@@ -210,11 +234,10 @@ class FSRF(nn.Module):
                           scores=scores)
         if self.cfg.dhf:
             ho = self.shared(h)  # (B, M, D)
-            he = torch.stack([self.specific[m](torch.cat([h[:, k], ho[:, k]], -1))
-                              for k, m in enumerate(self.modalities)], 1)  # (B, M, D)
+            he = self.specific(torch.cat([h, ho], -1))  # (B, M, D)
             z = ho.sum(1) + he.sum(1)  # (B, D)
             if self.cfg.noise:
-                noise = torch.stack([self.noise[m](h[:, k]) for k, m in enumerate(self.modalities)], 1)
+                noise = self.noise(h)  # (B, M, D)
                 z = z - noise.sum(1)
         else:
             z = self.fuse(h.flatten(1))  # (B, D)

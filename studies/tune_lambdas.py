@@ -11,7 +11,8 @@
     mlflow ui --backend-store-uri sqlite:///$PWD/mlflow.db  # then open #/experiments/<id>/runs
 
 Ray Tune runs the trials (OptunaSearch, seeded TPE; ASHA stops weak trials early on the per-epoch
-validation objective). The objective is validation-only: the mean ``Non0_F1_score`` over ``lav``, the
+validation objective; ``--sampler random --scheduler fifo`` is the plain random search that
+``studies/benchmark.py --only search`` measures the default against). The objective is validation-only: the mean ``Non0_F1_score`` over ``lav``, the
 six missing conditions and the ten intra-curve points at each trial's best epoch. Test metrics are
 never computed here; they belong to the robustness study. ``--multi-objective`` searches complete-
 modality F1 (``lav``) against ``avg_missing`` F1 and prints the Pareto front.
@@ -71,7 +72,11 @@ def parse(argv=None) -> argparse.Namespace:
     ap.add_argument("--max-epochs", type=int, default=12, help="epochs of a trial that ASHA never stops (default 12)")
     ap.add_argument("--grace-period", type=int, default=None,
                     help=f"ASHA: epochs before a trial can be stopped (default {GRACE}, at most --max-epochs)")
-    ap.add_argument("--search-seed", type=int, default=0, help="seed of the TPE sampler (not of training)")
+    ap.add_argument("--search-seed", type=int, default=0, help="seed of the sampler (not of training)")
+    ap.add_argument("--sampler", choices=("tpe", "random"), default="tpe",
+                    help="Optuna sampler: tpe (default) or random (the baseline a search is measured against)")
+    ap.add_argument("--scheduler", choices=("asha", "fifo"), default="asha",
+                    help="asha (default: stops weak trials early) or fifo (every trial runs --max-epochs)")
     ap.add_argument("--seeds-per-config", type=int, default=1,
                     help="training seeds per configuration; the study selects on their mean (default 1)")
     ap.add_argument("--optuna-storage", help="Optuna storage URL (default sqlite:///<storage>/<name>/optuna.db)")
@@ -206,7 +211,8 @@ def main(argv=None, *, trainable=None) -> int:
         from studies import capacity
 
         print(capacity.plan(base, max_epochs=args.max_epochs, gpus=capacity.CLUSTER_GPUS if args.gpus is None else args.gpus,
-                            grace=None if args.multi_objective or args.seeds_per_config > 1 else args.grace_period,
+                            grace=None if args.multi_objective or args.seeds_per_config > 1 or args.scheduler == "fifo"
+                            else args.grace_period,
                             gpus_per_trial=gpt, cpus=args.cpus, cpus_per_trial=args.cpus_per_trial,
                             workers=args.workers_per_trial))
         return 0
@@ -237,7 +243,7 @@ def main(argv=None, *, trainable=None) -> int:
     repeats = args.seeds_per_config
     objective_name = ",".join(multi_objective()) if args.multi_objective else BEST_OBJECTIVE
     study_info = {"name": args.name, "objective": objective_name, "seeds_per_config": repeats,
-                  "scheduler": "FIFO" if args.multi_objective or repeats > 1 else "ASHA"}
+                  "scheduler": "FIFO" if args.multi_objective or repeats > 1 or args.scheduler == "fifo" else "ASHA"}
     trial_fn = _trainable(args, base, storage, study_info, trainable)
     study_tags = {"fsrf.study": args.name, "fsrf.objective": objective_name,
                   "fsrf.data": f"{base.data.source}/{base.data.preset}", "fsrf.variant": variants.of_config(flatten(base))}
@@ -342,7 +348,8 @@ def _study_params(args, space, *, objective: str, scheduler: str, optuna_url: st
 
     return {"study.name": args.name, "study.objective": objective,
             "study.num_samples": args.num_samples, "study.max_epochs": args.max_epochs,
-            "study.search_seed": args.search_seed, "study.seeds_per_config": args.seeds_per_config,
+            "study.search_seed": args.search_seed, "study.sampler": args.sampler,
+            "study.seeds_per_config": args.seeds_per_config,
             "study.scheduler": scheduler, "study.workers_per_trial": args.workers_per_trial,
             "study.cpus_per_trial": args.cpus_per_trial, "study.gpus_per_trial": args.gpus_per_trial,
             "study.multi_objective": args.multi_objective, "study.searched": ",".join(space.names),
@@ -409,7 +416,11 @@ def _tuner(args, trainable, *, space, base, optuna_store, scheduler: str, concur
     base_point = [{k: flatten(base)[k] for k in space.names}] if space.start_with_base else None
     # Single objective: metric/mode go to TuneConfig, which hands them to the searcher and to ASHA.
     optuna_kw = dict(metric=metric, mode=mode) if args.multi_objective else {}
-    optuna = OptunaSearch(seed=args.search_seed, points_to_evaluate=base_point, study_name=args.name,
+    if args.sampler == "random":
+        import optuna as optuna_lib
+
+        optuna_kw["sampler"] = optuna_lib.samplers.RandomSampler(seed=args.search_seed)  # seeded here, not below
+    optuna = OptunaSearch(seed=None if "sampler" in optuna_kw else args.search_seed, points_to_evaluate=base_point, study_name=args.name,
                           storage=optuna_store, **optuna_kw)
     searcher = ConcurrencyLimiter(Repeater(optuna, repeat=repeats, set_index=True) if repeats > 1 else optuna,
                                   max_concurrent=concurrent)
@@ -479,7 +490,8 @@ def summarise(results, space, study_dir: Path, *, multi: bool, base_seed: int = 
                 h = h.with_columns(pl.col("epoch").cast(pl.Int64)).unique(subset=["epoch"], keep="last",
                                                                           maintain_order=True)
                 keep = [c for c in h.columns
-                        if c.startswith(("val/Non0_F1_score/", "train/", "best/")) or c in ("epoch", "trial_id")]
+                        if c.startswith(("val/Non0_F1_score/", "train/", "best/"))
+                        or c in ("epoch", "trial_id", "timestamp", "time_total_s")]
                 epochs.append(h.select(keep))
                 trial_id = trial_id or h["trial_id"][0]
                 if failed:

@@ -116,6 +116,27 @@ def test_ablations_change_the_structure():
     assert any(n.startswith("fuse.") for n in names["no-dhf"])
 
 
+def test_grouped_heads_are_the_per_modality_mlps():
+    """GroupedMLP (one batched matmul per layer) is M separate ``mlp``s: drawn with the same seed, the same
+    parameters in the same order, and on (B, M, d) the same values and gradients as modality k through
+    MLP k alone; a head mixing modalities, or weights used untransposed, would fail."""
+    from fsrf.model import GroupedMLP, mlp
+
+    torch.manual_seed(3)
+    separate = [mlp(10, 7, 4) for _ in range(3)]
+    torch.manual_seed(3)
+    grouped = GroupedMLP(3, 10, 7, 4)
+    x = torch.randn(5, 3, 10, requires_grad=True)
+    want = torch.stack([separate[k](x[:, k]) for k in range(3)], 1)  # (5, 3, 4)
+    got = grouped(x)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    g_want, = torch.autograd.grad(want.square().sum(), x)
+    g_got, = torch.autograd.grad(got.square().sum(), x)
+    torch.testing.assert_close(g_got, g_want, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(grouped.w1[1], separate[1][0].weight.T)
+    torch.testing.assert_close(grouped.b2[2], separate[2][2].bias)
+
+
 @pytest.mark.parametrize("ablation", ["full", "no-dhf", "no-noise"])
 def test_gradients_finite_and_reach_every_parameter(ablation):
     model = make_model(*ABLATIONS[ablation]).train()

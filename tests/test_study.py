@@ -418,6 +418,38 @@ def test_seeds_per_config_selects_on_the_mean(tmp_path):
     assert [t.state.name for t in stored.trials] == ["COMPLETE", "COMPLETE"]
 
 
+def test_random_sampler_and_fifo_run_every_trial_to_the_budget(tmp_path):
+    """The random-search baseline of the search-efficiency figure: ``--sampler random --scheduler fifo``
+    runs every configuration for --max-epochs (ASHA with grace 1 would stop one of 3 at epoch 1), the
+    Optuna study's sampler is a seeded RandomSampler (same seed: same configurations), and the tables
+    keep the report time of every epoch, which orders a study's epochs for ``benchmark.search_progress``."""
+    import optuna
+
+    runs = {}
+    try:
+        for name in ("r1", "r2"):
+            runs[name] = run_study(tmp_path, "--name", name, "--num-samples", "3", "--max-epochs", "2",
+                                   "--grace-period", "1", "--sampler", "random", "--scheduler", "fifo",
+                                   "--search-seed", "5", "--cpus", "2")
+    finally:
+        reap(tmp_path, grace=10)
+    for proc in runs.values():
+        assert proc.returncode == 0, tail(proc)
+    folder = tmp_path / "runs" / "tune"
+    trials = pl.read_parquet(folder / "r1" / "trials.parquet")
+    assert trials.height == 3 and trials["epochs"].to_list() == [2, 2, 2]
+    epochs = pl.read_parquet(folder / "r1" / "epochs.parquet")
+    assert epochs.height == 6 and {"timestamp", "time_total_s"} <= set(epochs.columns)
+    ml = Mlflow(tmp_path, "r1")
+    assert ml.parent.data.params["study.sampler"] == "random" and ml.parent.data.params["study.scheduler"] == "FIFO"
+    space = load_space(SPACE, load_config(None, TINY))
+    first, second = (pl.read_parquet(folder / n / "trials.parquet").sort("trial_id") for n in ("r1", "r2"))
+    for name in space.names:  # the seeded sampler proposes the same configurations (order may differ)
+        assert sorted(map(repr, first[name].to_list())) == sorted(map(repr, second[name].to_list())), name
+    stored = optuna.load_study(study_name="r1", storage=f"sqlite:///{folder / 'r1' / 'optuna.db'}")
+    assert len(stored.trials) == 3
+
+
 # -------------------------------------------------------------------------------- the Ray Train path
 
 def test_ray_train_workers_log_the_same_schema(study, tmp_path):
