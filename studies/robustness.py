@@ -326,7 +326,7 @@ def main(argv=None) -> int:
         trainable, param_space={"spec": tune.grid_search(specs)},
         tune_config=tune.TuneConfig(max_concurrent_trials=concurrent),
         run_config=tune.RunConfig(name=args.name, storage_path=str(storage), verbose=0,
-                                  callbacks=[tracker, runtime.ProgressPrinter(
+                                  callbacks=[tracker, *runtime.loggers(), runtime.ProgressPrinter(
                                       epochs, metric=BEST_OBJECTIVE, total=len(specs), early_stopping=False,
                                       name_fn=lambda trial: spec_name(trial.config["spec"]))],
                                   failure_config=tune.FailureConfig(max_failures=args.max_failures),

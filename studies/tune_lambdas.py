@@ -428,7 +428,7 @@ def _tuner(args, trainable, *, space, base, optuna_store, scheduler: str, concur
         time_attr="epoch", max_t=args.max_epochs, grace_period=args.grace_period, reduction_factor=3)
     run_config = tune.RunConfig(
         name=args.name, storage_path=str(study_dir.parent), verbose=0,
-        callbacks=[*callbacks, runtime.ProgressPrinter(args.max_epochs, metric=BEST_OBJECTIVE,
+        callbacks=[*callbacks, *runtime.loggers(), runtime.ProgressPrinter(args.max_epochs, metric=BEST_OBJECTIVE,
                                                        total=args.num_samples * repeats)]
         + ([runtime.PlacementGroupReaper()] if args.workers_per_trial else []),
         failure_config=tune.FailureConfig(max_failures=args.max_failures),
