@@ -239,7 +239,7 @@ def shared_parameters(model) -> list[Tensor]:
 
 
 @torch.no_grad()
-def measure(model, data, *, views: tuple, eps_fn, batch_size: int) -> dict[str, float]:
+def measure(model, data, *, views: tuple, eps_fn, batch_size: int, complete_h: Tensor | None = None) -> dict[str, float]:
     """The representation health of ``model`` on a split (SPEC 7 names, ``health/...``).
 
     On the complete input (every modality present, nothing dropped): ``noise_var``, ``noise_rank``
@@ -249,7 +249,14 @@ def measure(model, data, *, views: tuple, eps_fn, batch_size: int) -> dict[str, 
     ``eps_fn(median cost)``) and ``das_pair_cost_ratio`` (mean paired cost over mean unpaired cost
     between the two views' Z: below 1 when a sample's two views are closer than two samples are).
     A metric whose part is switched off (no DHF, no R_n) is left out.
+
+    Cost (an epoch's share, issue 16): ``complete_h`` (N, M, D), the complete input's modality encodings
+    H that the epoch's validation pass computed anyway (``protocol.evaluate(..., keep=)``), spares the
+    complete pass; and under a view, only the rows in which a present modality loses positions are
+    encoded again: a present, untouched modality's H_m is its complete H_m (each modality is encoded on
+    its own), an absent one the encoder's absent vector. Same values as encoding every view row.
     """
+    from fsrf import MODALITIES as ORDER
     from fsrf import losses
     from fsrf.missing import slice_view, zeroed_masks
 
@@ -258,8 +265,11 @@ def measure(model, data, *, views: tuple, eps_fn, batch_size: int) -> dict[str, 
     valid = data.inputs.valid()
     everything = torch.ones(n, 3, dtype=torch.bool)
     nothing = tuple(torch.zeros_like(v) for v in valid)
-    outs = [model(data.batch(idx), everything[idx], tuple(z[idx] for z in nothing))
-            for idx in torch.arange(n).split(batch_size)]
+    batches = list(torch.arange(n).split(batch_size))
+    if complete_h is None:
+        complete_h = torch.cat([model.encode(data.batch(idx), everything[idx], tuple(z[idx] for z in nothing))
+                                for idx in batches])  # (N, M, D)
+    outs = [model.factorize(complete_h[idx], everything[idx]) for idx in batches]
     out: dict[str, float] = {}
     if outs[0].noise is not None:
         noise = torch.cat([o.noise for o in outs])
@@ -272,12 +282,20 @@ def measure(model, data, *, views: tuple, eps_fn, batch_size: int) -> dict[str, 
         out.update(log_names("health/he_ho_cos", he_ho_cos(he, ho)))
     vp, vq = views
     zp_all, zq_all = [], []
-    for idx in torch.arange(n).split(batch_size):
+    for idx in batches:
         x = data.batch(idx)
         v_idx = x.valid()  # (l, a, v) masks of the batch
         for view, acc in ((vp, zp_all), (vq, zq_all)):
             part = slice_view(view, idx)
-            acc.append(model(x, part.present, zeroed_masks(part, v_idx)).z)
+            zeroed = zeroed_masks(part, v_idx)
+            h = []
+            for k, m in enumerate(model.modalities):
+                i = ORDER.index(m)
+                present = part.present[:, i]  # (b,)
+                changed = present & zeroed[i].any(1)  # (b,) present rows that lose positions: encoded again
+                h_m = model.encode_modality(x, m, changed, zeroed[i])  # (b, D); the absent vector elsewhere
+                h.append(torch.where((present & ~changed)[:, None], complete_h[idx, k].to(h_m.dtype), h_m))
+            acc.append(model.factorize(torch.stack(h, 1), part.present).z)
     masses, ratios = [], []
     for zp, zq in zip(zp_all, zq_all):
         if len(zp) < 2:

@@ -551,7 +551,7 @@ def _batch(data: SplitTensors, idx: Tensor, states: np.ndarray | None):
 
 @torch.no_grad()
 def _scores(model: FSRF, data: SplitTensors, conditions: Sequence[Condition], *, modalities: tuple[str, ...],
-            mask_seed: int, batch_size: int) -> dict[Condition, Tensor]:
+            mask_seed: int, batch_size: int, keep: dict | None = None) -> dict[Condition, Tensor]:
     """Scores (N,) under each condition, every modality encoded only where the condition changes it.
 
     Each modality is encoded on its own (``FSRF.encode_modality``), so under a condition that keeps
@@ -601,15 +601,19 @@ def _scores(model: FSRF, data: SplitTensors, conditions: Sequence[Condition], *,
                          model.encode_modality(x, m, part.present[:, i], zeroed))
             scores.append(model.factorize(torch.stack(h, 1), part.present).score)  # (b, M, D) -> (b,)
         out[cond] = torch.cat(scores)
+    if keep is not None and True in whole:
+        keep["complete_h"] = whole[True]  # (N, M, D): the complete input's H, for the health metrics
     return out
 
 
 def evaluate(model: FSRF, data: SplitTensors, conditions: Sequence[Condition], *, modalities: tuple[str, ...],
-             mask_seed: int, batch_size: int, prefix: str) -> dict[str, float]:
+             mask_seed: int, batch_size: int, prefix: str, keep: dict | None = None) -> dict[str, float]:
     """Every metric under each of ``conditions``, flat ``<prefix>/<metric>/<name>``, with ``summarise``'s
     summaries. Per-epoch validation passes ``conditions_for(modalities, burst=False)`` (what the
     objective reads); the test protocol adds the burst curve and ``per_modality_conditions`` (and
-    ``ZEROED`` with ``eval.zeroed_curve``)."""
-    preds = _scores(model, data, conditions, modalities=modalities, mask_seed=mask_seed, batch_size=batch_size)
+    ``ZEROED`` with ``eval.zeroed_curve``). ``keep``, a dict, receives ``complete_h`` (N, M, D), the
+    complete input's modality encodings, when a condition needed them (``health.measure`` reuses them)."""
+    preds = _scores(model, data, conditions, modalities=modalities, mask_seed=mask_seed, batch_size=batch_size,
+                    keep=keep)
     per_cond = {c: sentiment_metrics(preds[c].numpy(), data.labels.numpy()) for c in conditions}
     return summarise(per_cond, prefix=prefix, modalities=modalities)

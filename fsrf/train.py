@@ -462,11 +462,14 @@ def fit(cfg: RunConfig, *, prep: Prepared | None = None, report: Report | None =
                 log(f"warning: Sinkhorn did not converge in {nonconverged}/{n_batches} steps of epoch {epoch + 1} "
                     f"(loss.sinkhorn_eps={cfg.loss.sinkhorn_eps}, median cost "
                     f"{metrics['train/das/median_cost']:.3g}): consider a larger loss.sinkhorn_eps")
+        kept: dict = {}  # the complete input's H of this validation pass, reused by the health metrics
         metrics.update(evaluate(model, valid, epoch_conditions, modalities=prep.modalities,
-                                mask_seed=cfg.eval.mask_seed, batch_size=cfg.eval.batch_size, prefix="val"))
+                                mask_seed=cfg.eval.mask_seed, batch_size=cfg.eval.batch_size, prefix="val",
+                                keep=kept))
         if health_on:
             metrics.update(health.measure(model, valid, views=health_views, batch_size=cfg.train.batch_size,
-                                          eps_fn=lambda median: sinkhorn_eps(cfg.loss, median)))
+                                          eps_fn=lambda median: sinkhorn_eps(cfg.loss, median),
+                                          complete_h=kept.get("complete_h")))
             for k in shares[0] if shares else ():
                 metrics[f"health/grad_share/{k}"] = float(np.mean([sh[k] for sh in shares]))
         metrics["epoch_time_s"] = time.time() - t0

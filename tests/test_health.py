@@ -112,3 +112,71 @@ def test_grad_shares_hand_case():
 def test_log_names():
     assert log_names("noise_var", {"l": 1.0, "a": 3.0}) == {"noise_var": 2.0, "noise_var/l": 1.0, "noise_var/a": 3.0}
     assert log_names("noise_var", {}) == {}
+
+
+def _measure_by_full_forward(model, data, *, views, eps_fn, batch_size):
+    """health.measure's reference: every batch of the complete input and of each view through the whole
+    network (``model(x, present, zeroed)``), as measure computed it before it reused encodings."""
+    from fsrf import health as H
+    from fsrf.missing import slice_view, zeroed_masks
+
+    n = len(data)
+    valid = data.inputs.valid()
+    everything = torch.ones(n, 3, dtype=torch.bool)
+    nothing = tuple(torch.zeros_like(v) for v in valid)
+    batches = list(torch.arange(n).split(batch_size))
+    with torch.no_grad():
+        complete = [model(data.batch(idx), everything[idx], tuple(z[idx] for z in nothing)) for idx in batches]
+        zs = {0: [], 1: []}
+        for idx in batches:
+            x = data.batch(idx)
+            for k, view in enumerate(views):
+                part = slice_view(view, idx)
+                zs[k].append(model(x, part.present, zeroed_masks(part, x.valid())).z)
+    noise = torch.cat([o.noise for o in complete])
+    ho, he = torch.cat([o.ho for o in complete]), torch.cat([o.he for o in complete])
+    return {"noise_var": H.noise_var(noise), "ho_agreement": H.ho_agreement(ho), "he_ho_cos": H.he_ho_cos(he, ho),
+            "z": (torch.cat(zs[0]), torch.cat(zs[1]))}
+
+
+@pytest.mark.parametrize("reuse", [False, True])
+def test_measure_equals_encoding_every_row_of_every_view(reuse):
+    """measure reuses the complete input's H (from the epoch's validation pass, ``evaluate(keep=)``) and
+    encodes under a view only the rows in which a present modality loses positions: its metrics equal
+    those of the whole network run on every row (the reference above), with and without the reuse. A
+    reuse that took a dropped row's complete H, or an absent row's, would move das_pair_cost_ratio."""
+    from fsrf import health as H
+    from fsrf.config import load_config
+    from fsrf.missing import mrm_views
+    from fsrf.protocol import conditions_for, evaluate
+    from fsrf.train import build_model, prepare
+
+    cfg = load_config(None, ["data.size_scale=0.05", "model.width=16", "model.seq_width=8", "model.dropout=0"])
+    prep = prepare(cfg)
+    torch.manual_seed(0)
+    model = build_model(cfg, prep).eval()
+    data = prep.splits["valid"]
+    views = mrm_views(data.inputs.valid(), rate=0.5, available=prep.modalities,
+                      generator=torch.Generator().manual_seed(3))
+    changed = [(views[0].drop[i].any(1) & views[0].present[:, i]).sum() for i in range(3)]
+    assert all(0 < c < len(data) for c in changed)  # the case has rows of every kind
+    kept = {}
+    if reuse:
+        evaluate(model, data, conditions_for(prep.modalities, burst=False), modalities=prep.modalities, mask_seed=0,
+                 batch_size=7, prefix="val", keep=kept)
+        assert kept["complete_h"].shape == (len(data), 3, 16)
+    eps_fn = lambda median: 0.25 * median  # noqa: E731
+    got = H.measure(model, data, views=views, eps_fn=eps_fn, batch_size=5, complete_h=kept.get("complete_h"))
+    want = _measure_by_full_forward(model, data, views=views, eps_fn=eps_fn, batch_size=5)
+    for m, v in want["noise_var"].items():
+        assert got[f"health/noise_var/{m}"] == pytest.approx(v, rel=1e-5)
+    assert got["health/ho_agreement"] == pytest.approx(want["ho_agreement"], rel=1e-5, abs=1e-7)
+    zp, zq = want["z"]
+    ratios = []
+    for a, b in zip(zp.split(5), zq.split(5)):
+        if len(a) < 2:
+            continue
+        cost = torch.cdist(a.double(), b.double()).pow(2)
+        off = ~torch.eye(len(a), dtype=torch.bool)
+        ratios.append(float(cost.diagonal().mean() / cost[off].mean()))
+    assert got["health/das_pair_cost_ratio"] == pytest.approx(sum(ratios) / len(ratios), rel=1e-5)
