@@ -442,15 +442,16 @@ def bench_search(base: list[str], repeats: int, *, address: str | None = None, c
             "configs": configs, "epochs": epochs, "share": 0.98}
 
 
-def bench_pipeline(base: list[str], repeats: int, *, address: str | None = None) -> dict:
+def bench_pipeline(base: list[str], repeats: int, *, address: str | None = None, smoke: bool = False) -> dict:
     """The README's pipeline on its defaults: the tuning study (``tune_lambdas.py``), the robustness
     study of its best configuration (``robustness.py --from-study``, 5 variants x 10 seeds) and the report
-    (``analysis/report.py``), each timed (wall), in a scratch folder."""
+    (``analysis/report.py``), each timed (wall), in a scratch folder. ``smoke``: both studies with their
+    ``--smoke-test`` (the wiring, in a minute or two)."""
     import re
 
     work = Path(tempfile.mkdtemp(prefix="fsrf-bench-pipeline-"))
     uri = f"sqlite:///{work}/mlflow.db"
-    where = ["--address", address] if address else []
+    where = (["--address", address] if address else []) + (["--smoke-test"] if smoke else [])
     stages = {}
     try:
         t = time.perf_counter()
@@ -569,10 +570,10 @@ def main(argv=None) -> int:
     if args.smoke_test:
         base += ["data.size_scale=0.05", "model.width=16", "model.seq_width=8"]
         args.repeats = 2
-        only = [f for f in only if f in SMOKE]
+        only = [f for f in only if f in SMOKE or (args.only is not None and f == "pipeline")]
     torch.set_num_threads(2)
     kw = {"tune": dict(address=args.address), "ray_train": dict(address=args.address),
-          "pipeline": dict(address=args.address),
+          "pipeline": dict(address=args.address, smoke=args.smoke_test),
           "search": dict(address=args.address, configs=args.search_configs, epochs=args.search_epochs, seeds=seeds)}
     if args.smoke_test:
         kw["step"] = kw["sinkhorn"] = {"warm": 4}
