@@ -175,6 +175,9 @@ class EvalConfig(_Section):
     # Mechanism health (SPEC 7) per epoch on validation (health/*); the gradient shares of the loss terms
     # are sampled every `health_every` training steps (0: no health metrics).
     health_every: int = Field(20, ge=0)
+    # Validation rows (the first ones, fixed) that the two health views and their Sinkhorn plans cover
+    # (das_paired_mass, das_pair_cost_ratio); 0: all. The other health metrics read the whole split.
+    health_rows: int = Field(128, ge=0)
     # Every word-drop condition drops words before the encoder ([UNK], SPEC 7). True: also the intra curve
     # with the dropped words' cached states zeroed instead (SPEC 2; zeroed_0.1 .. zeroed_1.0, zeroed_avg),
     # on the same masks; frozen encoder only. The former `unk_curve` (which added [UNK] beside zeroed

@@ -238,8 +238,12 @@ def shared_parameters(model) -> list[Tensor]:
     return [p for enc in model.encoders.values() for p in enc.out.parameters() if p.requires_grad]
 
 
+PLAN_TOL = 1e-5  # stop_thr of the health plan: its paired mass (1..B) moves by < 3e-4 against 1e-9, at half the iterations
+
+
 @torch.no_grad()
-def measure(model, data, *, views: tuple, eps_fn, batch_size: int, complete_h: Tensor | None = None) -> dict[str, float]:
+def measure(model, data, *, views: tuple, eps_fn, batch_size: int, complete_h: Tensor | None = None,
+            view_rows: int = 0) -> dict[str, float]:
     """The representation health of ``model`` on a split (SPEC 7 names, ``health/...``).
 
     On the complete input (every modality present, nothing dropped): ``noise_var``, ``noise_rank``
@@ -255,6 +259,8 @@ def measure(model, data, *, views: tuple, eps_fn, batch_size: int, complete_h: T
     complete pass; and under a view, only the rows in which a present modality loses positions are
     encoded again: a present, untouched modality's H_m is its complete H_m (each modality is encoded on
     its own), an absent one the encoder's absent vector. Same values as encoding every view row.
+    ``view_rows`` > 0 limits the two views (and their plans, solved to ``PLAN_TOL``) to the split's
+    first ``view_rows`` rows, the same every epoch (``eval.health_rows``).
     """
     from fsrf import MODALITIES as ORDER
     from fsrf import losses
@@ -282,7 +288,8 @@ def measure(model, data, *, views: tuple, eps_fn, batch_size: int, complete_h: T
         out.update(log_names("health/he_ho_cos", he_ho_cos(he, ho)))
     vp, vq = views
     zp_all, zq_all = [], []
-    for idx in batches:
+    view_batches = batches if view_rows <= 0 else list(torch.arange(min(n, view_rows)).split(batch_size))
+    for idx in view_batches:
         x = data.batch(idx)
         v_idx = x.valid()  # (l, a, v) masks of the batch
         for view, acc in ((vp, zp_all), (vq, zq_all)):
@@ -306,7 +313,7 @@ def measure(model, data, *, views: tuple, eps_fn, batch_size: int, complete_h: T
         ratios.append(float(cost.diagonal().mean() / cost[off].mean().clamp(min=1e-12)))
         with warnings.catch_warnings():  # a diagnostic: a non-converged plan is still read, not counted
             warnings.simplefilter("ignore", RuntimeWarning)
-            plan = losses.sinkhorn_plan(zp, zq, eps_fn(losses.median_pairwise_cost(zp, zq)))
+            plan = losses.sinkhorn_plan(zp, zq, eps_fn(losses.median_pairwise_cost(zp, zq)), stop_thr=PLAN_TOL)
         masses.append(das_paired_mass(plan))
     if masses:
         out["health/das_paired_mass"] = sum(masses) / len(masses)

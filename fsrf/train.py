@@ -469,7 +469,7 @@ def fit(cfg: RunConfig, *, prep: Prepared | None = None, report: Report | None =
         if health_on:
             metrics.update(health.measure(model, valid, views=health_views, batch_size=cfg.train.batch_size,
                                           eps_fn=lambda median: sinkhorn_eps(cfg.loss, median),
-                                          complete_h=kept.get("complete_h")))
+                                          complete_h=kept.get("complete_h"), view_rows=cfg.eval.health_rows))
             for k in shares[0] if shares else ():
                 metrics[f"health/grad_share/{k}"] = float(np.mean([sh[k] for sh in shares]))
         metrics["epoch_time_s"] = time.time() - t0

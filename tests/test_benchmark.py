@@ -38,8 +38,9 @@ def test_benchmark_smoke_writes_every_figure_with_its_goal(tmp_path):
     # Table I, intra, burst and the per-modality points: the test protocol of fit()
     from fsrf.protocol import conditions_for, per_modality_conditions
 
-    assert figures["protocol"]["conditions"] == len(conditions_for()) + len(per_modality_conditions(
-        ("l", "a", "v"), rates=load_config(None, []).eval.modality_rates))
+    assert figures["protocol"]["conditions"] == len(conditions_for()) == 22  # Table I, intra, burst
+    assert figures["protocol"]["test_protocol_conditions"] == 22 + len(per_modality_conditions(
+        ("l", "a", "v"), rates=load_config(None, []).eval.modality_rates))  # fit's test protocol
     assert figures["protocol"]["first_run_s"] > 0 and figures["step"]["warm_steps"] == 4
     assert "no GPU figures" in data["gpu"]["skipped"] and data["machine"]["device"] == "cpu"
     assert f"| step | {figures['step']['ratio']['median']:.3f} |" in proc.stdout  # the printed table

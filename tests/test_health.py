@@ -172,11 +172,21 @@ def test_measure_equals_encoding_every_row_of_every_view(reuse):
         assert got[f"health/noise_var/{m}"] == pytest.approx(v, rel=1e-5)
     assert got["health/ho_agreement"] == pytest.approx(want["ho_agreement"], rel=1e-5, abs=1e-7)
     zp, zq = want["z"]
-    ratios = []
-    for a, b in zip(zp.split(5), zq.split(5)):
-        if len(a) < 2:
-            continue
-        cost = torch.cdist(a.double(), b.double()).pow(2)
-        off = ~torch.eye(len(a), dtype=torch.bool)
-        ratios.append(float(cost.diagonal().mean() / cost[off].mean()))
-    assert got["health/das_pair_cost_ratio"] == pytest.approx(sum(ratios) / len(ratios), rel=1e-5)
+
+    def ratio(rows: int) -> float:
+        ratios = []
+        for a, b in zip(zp[:rows].split(5), zq[:rows].split(5)):
+            if len(a) < 2:
+                continue
+            cost = torch.cdist(a.double(), b.double()).pow(2)
+            off = ~torch.eye(len(a), dtype=torch.bool)
+            ratios.append(float(cost.diagonal().mean() / cost[off].mean()))
+        return sum(ratios) / len(ratios)
+
+    assert got["health/das_pair_cost_ratio"] == pytest.approx(ratio(len(data)), rel=1e-5)
+    # eval.health_rows: the views (and their plans) on the split's first 5 rows; the rest on all of it
+    few = H.measure(model, data, views=views, eps_fn=eps_fn, batch_size=5, complete_h=kept.get("complete_h"),
+                    view_rows=5)
+    assert few["health/das_pair_cost_ratio"] == pytest.approx(ratio(5), rel=1e-5)
+    assert few["health/das_pair_cost_ratio"] != pytest.approx(ratio(len(data)), rel=1e-3)
+    assert few["health/ho_agreement"] == got["health/ho_agreement"]
