@@ -95,6 +95,23 @@ def stats(samples: list[float]) -> dict:
     return {"median": float(q[1]), "iqr": float(q[2] - q[0]), "n": len(samples)}
 
 
+def interleaved(fns: dict, *, repeats: int, warmup: int = 2) -> dict[str, list[float]]:
+    """Times of each of ``fns`` taken in turn (a, b, c, a, b, c, ...), so that a drift of the machine's
+    speed (frequency, another process) reaches every one alike instead of whichever ran last."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    out = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            DEVICE.sync()
+            t = time.perf_counter()
+            fn()
+            DEVICE.sync()
+            out[name].append(time.perf_counter() - t)
+    return out
+
+
 def timed(fn, *, repeats: int, warmup: int = 2) -> list[float]:
     for _ in range(warmup):
         fn()
@@ -156,14 +173,14 @@ def bench_step(base: list[str], repeats: int, warm: int = WARM_STEPS) -> dict:
     (das=False) that says how much of the difference is DHF and how much DAS."""
     import warnings
 
-    out = {}
+    steps = {}
     for name, extra in (("fsrf", []), ("dhf_only", ["model.das=false"]), ("plain", ["model.dhf=false", "model.das=false"])):
-        step = _stepper(*_setup(base + extra))
-        _warm(step, warm)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            out[name] = timed(step, repeats=repeats * 10)
-    ratios = [a / b for a, b in zip(sorted(out["fsrf"]), sorted(out["plain"]))]
+        steps[name] = _stepper(*_setup(base + extra))
+        _warm(steps[name], warm)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        out = interleaved(steps, repeats=repeats * 10)
+    ratios = [a / b for a, b in zip(out["fsrf"], out["plain"])]  # neighbours in time
     return {"ratio": stats(ratios), "fsrf_step_s": stats(out["fsrf"]), "dhf_only_step_s": stats(out["dhf_only"]),
             "plain_step_s": stats(out["plain"]), "warm_steps": warm}
 
@@ -203,11 +220,11 @@ def bench_sinkhorn(base: list[str], repeats: int, warm: int = WARM_STEPS) -> dic
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        t_sink = timed(sink, repeats=repeats * 8)
-        t_step = timed(step, repeats=repeats * 8)
+        times = interleaved({"sink": sink, "step": step}, repeats=repeats * 8)
+        t_sink, t_step = times["sink"], times["step"]
         for zp, zq, eps in pairs:
             iterations.append(losses.entropic_ot(zp.double(), zq.double(), eps).iterations)
-    return {"share": stats([s / t for s, t in zip(sorted(t_sink), sorted(t_step))]), "sinkhorn_s": stats(t_sink),
+    return {"share": stats([s / t for s, t in zip(t_sink, t_step)]), "sinkhorn_s": stats(t_sink),
             "step_s": stats(t_step), "feature": cfg.loss.das_feature, "eps_relative": cfg.loss.sinkhorn_eps,
             "cross_iterations": stats(iterations)}
 
