@@ -113,16 +113,8 @@ def interleaved(fns: dict, *, repeats: int, warmup: int = 2) -> dict[str, list[f
 
 
 def timed(fn, *, repeats: int, warmup: int = 2) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    out = []
-    for _ in range(repeats):
-        DEVICE.sync()
-        t = time.perf_counter()
-        fn()
-        DEVICE.sync()
-        out.append(time.perf_counter() - t)
-    return out
+    """Times of ``fn`` alone (``interleaved`` with one function)."""
+    return interleaved({"fn": fn}, repeats=repeats, warmup=warmup)["fn"]
 
 
 def _setup(overrides: list[str]):
