@@ -211,8 +211,7 @@ def main(argv=None, *, trainable=None) -> int:
         from studies import capacity
 
         print(capacity.plan(base, max_epochs=args.max_epochs, gpus=capacity.CLUSTER_GPUS if args.gpus is None else args.gpus,
-                            grace=None if args.multi_objective or args.seeds_per_config > 1 or args.scheduler == "fifo"
-                            else args.grace_period,
+                            grace=None if _fifo(args) else args.grace_period,
                             gpus_per_trial=gpt, cpus=args.cpus, cpus_per_trial=args.cpus_per_trial,
                             workers=args.workers_per_trial))
         return 0
@@ -243,7 +242,7 @@ def main(argv=None, *, trainable=None) -> int:
     repeats = args.seeds_per_config
     objective_name = ",".join(multi_objective()) if args.multi_objective else BEST_OBJECTIVE
     study_info = {"name": args.name, "objective": objective_name, "seeds_per_config": repeats,
-                  "scheduler": "FIFO" if args.multi_objective or repeats > 1 or args.scheduler == "fifo" else "ASHA"}
+                  "scheduler": "FIFO" if _fifo(args) else "ASHA"}
     trial_fn = _trainable(args, base, storage, study_info, trainable)
     study_tags = {"fsrf.study": args.name, "fsrf.objective": objective_name,
                   "fsrf.data": f"{base.data.source}/{base.data.preset}", "fsrf.variant": variants.of_config(flatten(base))}
@@ -292,6 +291,12 @@ def main(argv=None, *, trainable=None) -> int:
         print("error: every trial failed (see the FAILED runs' fsrf.stop_reason in MLflow)", file=sys.stderr)
     ray.shutdown()
     return 1 if all_failed else 0
+
+
+def _fifo(args) -> bool:
+    """Every trial runs --max-epochs (no ASHA): asked for, or needed by the multi-objective search and by
+    repeated seeds (ASHA would stop a configuration's repeats one by one)."""
+    return args.multi_objective or args.seeds_per_config > 1 or args.scheduler == "fifo"
 
 
 def _concurrency(args, nodes: list[tuple[float, float]]) -> int:
